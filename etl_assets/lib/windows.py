@@ -1,0 +1,144 @@
+"""Time arithmetic for partitions: retention periods, lookback durations and half-open windows.
+
+Everything here works on timezone-aware UTC datetimes. Windows are half-open `[start, end)` so a row
+stamped exactly at a boundary belongs to exactly one partition.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Literal
+
+Unit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
+
+_AMOUNT_UNIT = re.compile(r"^\s*(?P<amount>[+-]?\d+)\s*(?P<unit>[A-Za-z]+)\s*$")
+_UNIT_ALIASES: dict[str, Unit] = {
+    "minute": "minutes", "minutes": "minutes", "min": "minutes", "mins": "minutes",
+    "hour": "hours", "hours": "hours", "h": "hours",
+    "day": "days", "days": "days", "d": "days",
+    "week": "weeks", "weeks": "weeks", "w": "weeks",
+    "month": "months", "months": "months",
+    "year": "years", "years": "years", "y": "years",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Period:
+    """A calendar-aware amount of time such as `6 months` or `15 minutes`."""
+
+    amount: int
+    unit: Unit
+
+    def __str__(self) -> str:
+        unit = self.unit[:-1] if self.amount == 1 else self.unit
+        return f"{self.amount} {unit}"
+
+    def subtract_from(self, moment: datetime) -> datetime:
+        """`moment - self`, month/year arithmetic clamped to the end of shorter months."""
+        if self.unit in ("months", "years"):
+            months = self.amount * (12 if self.unit == "years" else 1)
+            return add_months(moment, -months)
+        return moment - self.as_timedelta()
+
+    def as_timedelta(self) -> timedelta:
+        """Exact length; months and years are refused because their length varies."""
+        if self.unit in ("months", "years"):
+            raise ValueError(f"'{self}' has no fixed length; use days, hours or minutes")
+        return timedelta(**{self.unit: self.amount})
+
+
+def parse_period(text: str, *, allowed: tuple[Unit, ...], what: str, allow_zero: bool = False) -> Period:
+    """Parse `"6 months"`-style text.
+
+    Raises:
+        ValueError: with a message that says which forms are valid.
+    """
+    units = "|".join(allowed)
+    example = "6 months" if "months" in allowed else f"15 {allowed[0]}"
+    hint = f"write it as '<whole number> <{units}>', e.g. '{example}'"
+    match = _AMOUNT_UNIT.match(str(text))
+    if not match:
+        raise ValueError(f"'{text}' is not a {what}; {hint}")
+    unit = _UNIT_ALIASES.get(match.group("unit").lower())
+    if unit is None or unit not in allowed:
+        raise ValueError(f"'{text}' has an unknown unit '{match.group('unit')}'; {hint}")
+    amount = int(match.group("amount"))
+    if amount < 0 or (amount == 0 and not allow_zero):
+        raise ValueError(f"'{text}' must be a positive {what}; {hint}")
+    return Period(amount, unit)
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Shift by whole months, clamping the day (31 Jan + 1 month = 28/29 Feb)."""
+    index = moment.year * 12 + (moment.month - 1) + months
+    year, month = divmod(index, 12)
+    day = min(moment.day, calendar.monthrange(year, month + 1)[1])
+    return moment.replace(year=year, month=month + 1, day=day)
+
+
+def month_start(moment: datetime | date) -> datetime:
+    """First instant (UTC) of the month that contains `moment`."""
+    return datetime(moment.year, moment.month, 1, tzinfo=UTC)
+
+
+def utc(moment: datetime) -> datetime:
+    """Make `moment` timezone-aware UTC (naive values are taken to be UTC already)."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open interval `[start, end)` of the time column, both ends UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise ValueError(f"empty window: end {self.end} is not after start {self.start}")
+
+    def naive(self) -> tuple[datetime, datetime]:
+        """Bounds without tzinfo, for DATETIME parameters (the session runs in UTC)."""
+        return self.start.replace(tzinfo=None), self.end.replace(tzinfo=None)
+
+    def widen_back(self, lookback: timedelta) -> Window:
+        """The same window starting `lookback` earlier (the replica's late-row lag)."""
+        return Window(self.start - lookback, self.end)
+
+    def label(self) -> str:
+        """Human form used in logs and metadata: `[2024-01-01T00:00, 2024-02-01T00:00)`."""
+        return f"[{self.start:%Y-%m-%dT%H:%M}, {self.end:%Y-%m-%dT%H:%M})"
+
+
+def archive_cutoff(retention: Period, now: datetime) -> datetime:
+    """Rows older than this instant may be archived."""
+    return retention.subtract_from(utc(now))
+
+
+def last_eligible_month_end(retention: Period, now: datetime) -> datetime:
+    """End of the newest whole month a retention allows (a month is eligible when end <= cutoff)."""
+    return month_start(archive_cutoff(retention, now))
+
+
+def check_archive_eligible(window: Window, retention: Period, now: datetime) -> None:
+    """Refuse a window that still holds rows inside the retention period.
+
+    Raises:
+        ValueError: naming the window, the cutoff and the newest partition that would be allowed.
+    """
+    cutoff = archive_cutoff(retention, now)
+    if window.end > cutoff:
+        newest = add_months(last_eligible_month_end(retention, now), -1)
+        raise ValueError(
+            f"partition {window.start:%Y-%m-%d} is not eligible yet: its window {window.label()} ends after "
+            f"the retention cutoff {cutoff:%Y-%m-%dT%H:%M} UTC (retention {retention}); the newest "
+            f"partition that may be archived today is {newest:%Y-%m-%d}"
+        )
+
+
+def months_between(start: datetime, end: datetime) -> int:
+    """Whole months from `start`'s month to `end`'s month (end exclusive)."""
+    return (end.year - start.year) * 12 + (end.month - start.month)
