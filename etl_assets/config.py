@@ -2,9 +2,11 @@
 
 Lookup order: `$ETL_ASSETS_CONFIG`, then `./etl_assets.yaml`, then the bundled demo config.
 `${VAR}` / `${VAR:-default}` references stay unresolved here; resources resolve them when a run
-needs the value (see `lib/envvars.py`), so nothing secret reaches the UI.
+needs the value (`resolve_value`, built on `lib/envvars.py`), so nothing secret reaches the UI.
 
-Every error names the file, the key (`tables[1].archive.retention`) and what would be valid.
+Every error is one line per problem: `<file>: <key>: <what is wrong>; <what would be valid>`, with the
+key written as in the file (`tables[1].archive.retention`). A value a table inherits from `defaults`
+is reported at its `defaults.` key, because that is where it has to be fixed.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -30,13 +33,21 @@ DEMO_CONFIG_PATH = Path(__file__).parent / "demo" / "etl_assets.yaml"
 # Names we accept for tables, columns and schemas in config. Unicode letters, digits, `_`, `$`,
 # spaces and `-` are fine (SQLAlchemy quotes them); quotes, backticks, semicolons, dots and control
 # characters never are: no legitimate MySQL name needs them and they are how injection starts.
-_IDENTIFIER = re.compile(r"^[^\W\d][\w$ -]{0,63}$")
+_IDENTIFIER = re.compile(r"[^\W\d][\w$ -]{0,63}")
 _IDENTIFIER_HINT = (
     "use letters, digits, '_', '$', '-' or spaces (at most 64 characters, not starting with a digit); "
     "quotes, backticks, semicolons and dots are never accepted"
 )
 WAREHOUSE_SCHEMES = ("redshift+redshift_connector", "redshift+psycopg2", "postgresql+psycopg", "duckdb")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_SOURCE_URL_HINT = "use mysql+pymysql://user:${DB_PASSWORD}@host:3306/database or sqlite:///path.db"
+_WAREHOUSE_URL_HINT = (
+    "use redshift+redshift_connector://user:${PASSWORD}@host:5439/db, "
+    "postgresql+psycopg://user:${PASSWORD}@host:5432/db or duckdb:///path.duckdb"
+)
+_SNS_ARN = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_.-]{1,256}")
+# A longer lookback would re-read most of a table on every load, and dates far out overflow.
+_MAX_DURATION_DAYS = 366
 
 
 class ConfigError(Exception):
@@ -45,12 +56,33 @@ class ConfigError(Exception):
 
 def check_identifier(value: str, what: str = "name") -> str:
     """Validate a table, column or schema name from config (raises ValueError with the fix)."""
-    if not isinstance(value, str) or not _IDENTIFIER.match(value) or value != value.strip():
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value) or value != value.strip():
         raise ValueError(f"{value!r} is not an acceptable {what}; {_IDENTIFIER_HINT}")
     return value
 
 
-Identifier = Annotated[str, Field(min_length=1)]
+class _KeyedErrors(ValueError):
+    """Problems found in one value, each at a key below it (`column_types.notes`, `owners[1]`).
+
+    Locations are relative to where pydantic reports the error; at the top level (the cross checks
+    of `ProjectConfig`) that is the file itself, so they are absolute there.
+    """
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]) -> None:
+        super().__init__("; ".join(message for _, message in problems))
+        self.problems = problems
+
+
+def _check_each(values: list[str], check: Callable[[str], object]) -> None:
+    """Run `check` on every item; report failures at `[index]`."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for index, value in enumerate(values):
+        try:
+            check(value)
+        except ValueError as exc:
+            problems.append(((index,), str(exc)))
+    if problems:
+        raise _KeyedErrors(problems)
 
 
 class _Model(BaseModel):
@@ -65,6 +97,12 @@ def _check_template_syntax(value: str) -> str:
     return value
 
 
+def _scheme(value: str) -> str | None:
+    """The URL scheme when it is literal text (not behind a `${...}`), else None."""
+    prefix = envvars.static_prefix(value)
+    return prefix.split("://", 1)[0] if "://" in prefix else None
+
+
 class SourceConfig(_Model):
     """The MySQL database that is archived and replicated."""
 
@@ -72,23 +110,23 @@ class SourceConfig(_Model):
     name: str | None = Field(
         default=None, description="Name of the source database in the UI (asset group); default from the URL"
     )
-    lock_timeout_seconds: float = Field(default=0, ge=0, description="How long a run waits for the table lock")
+    lock_timeout_seconds: float = Field(
+        default=0, ge=0, description="How long a run waits for the table lock"
+    )
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         _check_template_syntax(value)
-        prefix = envvars.static_prefix(value)
-        if "://" in prefix and not re.match(r"^[a-z][a-z0-9+]*://", prefix):
-            raise ValueError(
-                f"'{prefix.split('://')[0]}' is not a SQLAlchemy URL scheme; "
-                "use mysql+pymysql://user:password@host:3306/database or sqlite:///path.db"
-            )
-        if not envvars.is_template(value) and "://" not in value:
-            raise ValueError(
-                f"'{value}' is not a database URL; use mysql+pymysql://user:password@host:3306/database "
-                "or sqlite:///path.db"
-            )
+        scheme = _scheme(value)
+        if scheme is not None:
+            if not _is_sqlalchemy_dialect(scheme):
+                raise ValueError(
+                    f"'{scheme}' is not a SQLAlchemy URL scheme (dialect+driver); {_SOURCE_URL_HINT}"
+                )
+        elif not envvars.is_template(value):
+            shown = envvars.redact(value) if value else ""
+            raise ValueError(f"'{shown}' is not a database URL; {_SOURCE_URL_HINT}")
         return value
 
     @field_validator("name")
@@ -101,21 +139,42 @@ class SourceConfig(_Model):
         """Asset group for this source: the configured name, else the database in the URL."""
         if self.name:
             return _group_safe(self.name)
-        literal = envvars.static_prefix(self.url)
-        tail = literal.rsplit("/", 1)[-1].split("?")[0] if "://" in literal else ""
-        tail = Path(tail).stem if tail else ""
-        return _group_safe(tail) if tail and literal == self.url else "source"
+        if "://" not in self.url:
+            return "source"
+        # The database is the last path segment after the host; user, password and host never
+        # become part of a name shown in the UI.
+        location = self.url.split("://", 1)[1].split("?", 1)[0]
+        if "/" not in location:
+            return "source"
+        tail = location.rsplit("/", 1)[-1]
+        if not tail or "${" in tail or "}" in tail:
+            return "source"
+        return _group_safe(Path(tail).stem or tail)
+
+
+def _is_sqlalchemy_dialect(scheme: str) -> bool:
+    # Imported here: loading the config must not pay for SQLAlchemy unless a literal URL needs it.
+    from sqlalchemy.dialects import registry
+
+    try:
+        registry.load(scheme.replace("+", "."))
+    except Exception:  # NoSuchModuleError, or a third-party plugin failing to import
+        return False
+    return True
 
 
 def _group_safe(name: str) -> str:
-    cleaned = re.sub(r"\W", "_", name)
+    # Dagster group and asset names allow only ASCII letters, digits and `_`.
+    cleaned = re.sub(r"[^A-Za-z0-9_]", "_", name)
     return cleaned if cleaned and not cleaned[0].isdigit() else f"db_{cleaned}"
 
 
 class ObjectLockConfig(_Model):
     """S3 Object Lock retention written on every archived object (WORM)."""
 
-    mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(description="GOVERNANCE (privileged bypass) or COMPLIANCE")
+    mode: Literal["GOVERNANCE", "COMPLIANCE"] = Field(
+        description="GOVERNANCE (privileged bypass) or COMPLIANCE"
+    )
     days: int = Field(gt=0, le=36500, description="Retention per object in days (HIPAA: 2557 = 7 years)")
 
 
@@ -127,23 +186,32 @@ class ArchiveStoreConfig(_Model):
     object_lock: ObjectLockConfig | None = None
     region: str = Field(default="${AWS_DEFAULT_REGION:-us-east-1}")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _lock_needs_mode(cls, data: Any) -> Any:
-        lock = data.get("object_lock") if isinstance(data, dict) else None
-        if isinstance(lock, dict) and "days" in lock and "mode" not in lock:
-            raise ValueError(
-                "object_lock.days needs object_lock.mode; set mode: GOVERNANCE (testable, privileged bypass) "
-                "or mode: COMPLIANCE (nobody can shorten it)"
-            )
-        return data
-
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         _check_template_syntax(value)
         _check_store_url(value, what="archive")
         return value
+
+    @field_validator("kms_key_id", "region")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        return _check_template_syntax(value)
+
+    @model_validator(mode="after")
+    def _lock_needs_s3(self) -> ArchiveStoreConfig:
+        # A URL that starts with a variable may still be s3://; anything else literal is a directory.
+        if self.object_lock is not None and not self.is_s3 and not self.url.startswith("${"):
+            raise _KeyedErrors(
+                [
+                    (
+                        ("object_lock",),
+                        f"S3 Object Lock needs an S3 archive, but url '{self.url}' is not on S3; "
+                        "use url: s3://bucket/prefix or remove object_lock",
+                    )
+                ]
+            )
+        return self
 
     @property
     def is_s3(self) -> bool:
@@ -152,21 +220,22 @@ class ArchiveStoreConfig(_Model):
 
 
 def _check_store_url(value: str, *, what: str) -> None:
-    prefix = envvars.static_prefix(value)
-    if "://" in prefix and not prefix.startswith(("s3://", "file://")):
+    if not value:
+        raise ValueError(f"the {what} URL is empty; use s3://bucket/prefix or a local directory")
+    scheme = _scheme(value)
+    if scheme is not None and scheme not in ("s3", "file"):
         raise ValueError(
-            f"unsupported {what} URL scheme '{prefix.split('://')[0]}'; use s3://bucket/prefix or a local directory"
+            f"unsupported {what} URL scheme '{scheme}'; use s3://bucket/prefix or a local directory"
         )
-    if value.startswith("s3://") and not envvars.is_template(value):
+    if scheme == "s3":
         bucket = value[5:].split("/", 1)[0]
         if not bucket:
             raise ValueError(f"'{value}' names no bucket; use s3://bucket/prefix")
-        if not _BUCKET.match(bucket):
+        if "${" not in bucket and not _BUCKET.fullmatch(bucket):
             raise ValueError(
-                f"'{bucket}' is not a valid S3 bucket name; use 3-63 lowercase letters, digits, '.' or '-'"
+                f"'{bucket}' is not a valid S3 bucket name; use 3-63 lowercase letters, digits, '.' or '-', "
+                "starting and ending with a letter or digit"
             )
-    elif value.startswith("s3://") and value[5:].startswith("/"):
-        raise ValueError(f"'{value}' names no bucket; use s3://bucket/prefix")
 
 
 class WarehouseConfig(_Model):
@@ -184,14 +253,11 @@ class WarehouseConfig(_Model):
     @classmethod
     def _url(cls, value: str) -> str:
         _check_template_syntax(value)
-        prefix = envvars.static_prefix(value)
-        if "://" in prefix or not envvars.is_template(value):
-            scheme = prefix.split("://")[0] if "://" in prefix else value
-            if scheme not in WAREHOUSE_SCHEMES:
-                raise ValueError(
-                    f"unsupported warehouse URL scheme '{scheme}'; use redshift+redshift_connector://..., "
-                    "postgresql+psycopg://... or duckdb:///path.duckdb"
-                )
+        scheme = _scheme(value)
+        if scheme is None and not envvars.is_template(value):
+            raise ValueError(f"'{envvars.redact(value)}' is not a warehouse URL; {_WAREHOUSE_URL_HINT}")
+        if scheme is not None and scheme not in WAREHOUSE_SCHEMES:
+            raise ValueError(f"unsupported warehouse URL scheme '{scheme}'; {_WAREHOUSE_URL_HINT}")
         return value
 
     @field_validator("schema_")
@@ -207,42 +273,88 @@ class WarehouseConfig(_Model):
             _check_store_url(value, what="staging")
         return value
 
+    @field_validator("iam_role", "region")
+    @classmethod
+    def _templates(cls, value: str) -> str:
+        return _check_template_syntax(value)
+
     @property
     def schema_name(self) -> str:
         """The target schema (the YAML key is `schema`)."""
         return self.schema_
+
+    @property
+    def is_redshift(self) -> bool:
+        """True when the URL (as far as it is literal) names a Redshift dialect."""
+        return (_scheme(self.url) or "").startswith("redshift")
 
 
 class AlertsConfig(_Model):
     """Where failures and failed checks are published."""
 
     sns_topic_arn: str = Field(default="", description="Empty: alerts go to the log only")
-    ui_url: str = Field(default="${DAGSTER_UI_URL:-http://127.0.0.1:3000}", description="Base URL for run links")
+    ui_url: str = Field(
+        default="${DAGSTER_UI_URL:-http://127.0.0.1:3000}", description="Base URL for run links"
+    )
     region: str = Field(default="${AWS_DEFAULT_REGION:-us-east-1}")
 
-    @field_validator("sns_topic_arn", "ui_url")
+    @field_validator("sns_topic_arn", "ui_url", "region")
     @classmethod
     def _templates(cls, value: str) -> str:
         return _check_template_syntax(value)
 
-
-def _period_validator(*, allowed: tuple[Any, ...], what: str, allow_zero: bool = False):  # noqa: ANN202
-    def validate(value: Any) -> str:
-        parse_period(str(value), allowed=allowed, what=what, allow_zero=allow_zero)
-        return str(value)
-
-    return validate
+    @field_validator("sns_topic_arn")
+    @classmethod
+    def _arn(cls, value: str) -> str:
+        if value and not envvars.is_template(value) and not _SNS_ARN.fullmatch(value):
+            raise ValueError(
+                f"'{value}' is not an SNS topic ARN; use arn:aws:sns:<region>:<account>:<topic>, "
+                "or leave it empty to send alerts to the log only"
+            )
+        return value
 
 
 _RETENTION_UNITS = ("days", "weeks", "months", "years")
 _LAG_UNITS = ("minutes", "hours", "days")
 
 
+def _check_retention(value: Any) -> Any:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return value  # pydantic reports the wrong type
+    text = str(value)
+    period = parse_period(text, allowed=_RETENTION_UNITS, what="retention")
+    days = {"days": 1, "weeks": 7}.get(period.unit)
+    months = {"months": 1, "years": 12}.get(period.unit)
+    if (days and period.amount * days > 36600) or (months and period.amount * months > 1200):
+        raise ValueError(f"'{text}' is longer than 100 years; use at most '100 years'")
+    return text
+
+
+def _check_duration(value: Any) -> Any:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        return value
+    text = str(value)
+    period = parse_period(text, allowed=_LAG_UNITS, what="duration", allow_zero=True)
+    if period.as_timedelta().days > _MAX_DURATION_DAYS:
+        raise ValueError(f"'{text}' is longer than a year; use at most '{_MAX_DURATION_DAYS} days'")
+    return text
+
+
+def _check_owner(owner: str) -> str:
+    if not isinstance(owner, str) or not re.fullmatch(r"team:[\w.-]+|[^@\s]+@[^@\s]+\.[^@\s]+", owner):
+        raise ValueError(
+            f"owner {owner!r} is neither 'team:<name>' nor an email address; use e.g. team:data-platform"
+        )
+    return owner
+
+
 class TableArchiveConfig(_Model):
     """How one table is archived: which rows, how fast, and whether the source is purged."""
 
     retention: str = Field(description="Keep rows this long in MySQL, e.g. '6 months', '7 years'")
-    start: str | None = Field(default=None, description="First month to archive, YYYY-MM (default: oldest row)")
+    start: str | None = Field(
+        default=None, description="First month to archive, YYYY-MM (default: oldest row)"
+    )
     purge: bool = Field(default=True, description="Delete archived rows from the source")
     batch_size: int = Field(default=5000, ge=1, le=100_000, description="Rows per delete transaction")
     pause_seconds: float = Field(default=0.0, ge=0, le=60, description="Sleep between delete batches")
@@ -258,26 +370,21 @@ class TableArchiveConfig(_Model):
 
     @field_validator("retention", mode="before")
     @classmethod
-    def _retention(cls, value: Any) -> str:
-        text = str(value)
-        period = parse_period(text, allowed=_RETENTION_UNITS, what="retention")
-        if period.unit in ("days", "weeks") and period.amount * (7 if period.unit == "weeks" else 1) > 36600:
-            raise ValueError(f"'{text}' is longer than 100 years; use at most '100 years'")
-        if period.unit in ("months", "years") and period.amount * (12 if period.unit == "years" else 1) > 1200:
-            raise ValueError(f"'{text}' is longer than 100 years; use at most '100 years'")
-        return text
+    def _retention(cls, value: Any) -> Any:
+        return _check_retention(value)
 
     @field_validator("start", mode="before")
     @classmethod
-    def _start(cls, value: Any) -> str | None:
-        if value is None:
-            return None
-        if isinstance(value, date):
+    def _start(cls, value: Any) -> Any:
+        if isinstance(value, date):  # YAML reads 2019-01-01 as a date
+            if value.day != 1:
+                raise ValueError(
+                    f"'{value}' is a day, not a month; write the month as YYYY-MM, e.g. {value:%Y-%m}"
+                )
             return f"{value:%Y-%m}"
-        text = str(value)
-        if not re.match(r"^\d{4}-(0[1-9]|1[0-2])$", text):
-            raise ValueError(f"'{text}' is not a month; write it as YYYY-MM, e.g. 2019-01")
-        return text
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", value.strip()):
+            raise ValueError(f"'{value}' is not a month; write it as YYYY-MM, e.g. 2019-01")
+        return value
 
     @cached_property
     def retention_period(self) -> Period:
@@ -301,27 +408,36 @@ class TableReplicaConfig(_Model):
     insert_mode: Literal["overwrite_existing", "keep_existing", "truncate", "append"] = "overwrite_existing"
     lag: str = Field(default="15 minutes", description="Lookback re-read by every load for late commits")
     chunk_rows: int = Field(default=50_000, ge=100, le=1_000_000)
-    distkey: str | None = Field(default=None, description="Redshift DISTKEY column (default: first PK column)")
-    sortkey: list[str] | None = Field(default=None, description="Redshift SORTKEY columns (default: time column)")
-    boolean_columns: list[str] = Field(default_factory=list, description="tinyint(1) columns loaded as BOOLEAN")
-    column_types: dict[str, str] = Field(default_factory=dict, description="Per-column warehouse type override")
+    distkey: str | None = Field(
+        default=None, description="Redshift DISTKEY column (default: first PK column)"
+    )
+    sortkey: list[str] | None = Field(
+        default=None, description="Redshift SORTKEY columns (default: time column)"
+    )
+    boolean_columns: list[str] = Field(
+        default_factory=list, description="tinyint(1) columns loaded as BOOLEAN"
+    )
+    column_types: dict[str, str] = Field(
+        default_factory=dict, description="Per-column warehouse type override"
+    )
     oversize: Literal["fail", "truncate", "null"] = Field(
         default="fail", description="Values the warehouse cannot hold: fail the run, truncate, or NULL"
     )
-    freshness: str = Field(default="1 day", description="Warn when the replica's watermark is older than this")
+    freshness: str = Field(
+        default="1 day", description="Warn when the replica's watermark is older than this"
+    )
 
     @field_validator("start", mode="before")
     @classmethod
     def _start(cls, value: Any) -> Any:
-        if isinstance(value, str) and not re.match(r"^\d{4}-\d{2}-\d{2}$", value):
+        if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value.strip()):
             raise ValueError(f"'{value}' is not a date; write it as YYYY-MM-DD, e.g. 2019-01-01")
         return value
 
     @field_validator("lag", "freshness", mode="before")
     @classmethod
-    def _lag(cls, value: Any) -> str:
-        parse_period(str(value), allowed=_LAG_UNITS, what="duration", allow_zero=True)
-        return str(value)
+    def _lag(cls, value: Any) -> Any:
+        return _check_duration(value)
 
     @field_validator("distkey")
     @classmethod
@@ -331,19 +447,29 @@ class TableReplicaConfig(_Model):
     @field_validator("sortkey", "boolean_columns")
     @classmethod
     def _columns(cls, value: list[str] | None) -> list[str] | None:
-        for name in value or []:
-            check_identifier(name, "column name")
+        _check_each(value or [], lambda name: check_identifier(name, "column name"))
         return value
 
     @field_validator("column_types")
     @classmethod
     def _column_types(cls, value: dict[str, str]) -> dict[str, str]:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         for name, sql_type in value.items():
-            check_identifier(name, "column name")
-            if not re.match(r"^[A-Za-z][A-Za-z0-9 _]*(\(\s*\d+(\s*,\s*\d+)?\s*\))?$", sql_type):
-                raise ValueError(
-                    f"column_types.{name}: {sql_type!r} is not a plain SQL type; use e.g. VARCHAR(512), DECIMAL(38,10)"
+            try:
+                check_identifier(name, "column name")
+            except ValueError as exc:
+                problems.append(((name,), str(exc)))
+                continue
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9 _]*(\(\s*\d+(\s*,\s*\d+)?\s*\))?", sql_type):
+                problems.append(
+                    (
+                        (name,),
+                        f"{sql_type!r} is not a plain SQL type; use a type name with an optional size, "
+                        "e.g. VARCHAR(512) or DECIMAL(38,10)",
+                    )
                 )
+        if problems:
+            raise _KeyedErrors(problems)
         return value
 
     @property
@@ -368,7 +494,9 @@ class TableConfig(_Model):
     archive: TableArchiveConfig | None = None
     replica: TableReplicaConfig | None = None
     on_drift: Literal["block", "evolve"] = "block"
-    contract: str | None = Field(default=None, description="Schema contract path (default schemas/<name>.json)")
+    contract: str | None = Field(
+        default=None, description="Schema contract path (default schemas/<name>.json)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -385,9 +513,10 @@ class TableConfig(_Model):
     def _pk(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
             if not value:
-                raise ValueError("primary_key is empty; list at least one column, or leave it out to reflect it")
-            for column in value:
-                check_identifier(column, "column name")
+                raise ValueError(
+                    "primary_key is empty; list at least one column, or leave it out to reflect it"
+                )
+            _check_each(value, lambda column: check_identifier(column, "column name"))
             if len(set(value)) != len(value):
                 raise ValueError(f"primary_key {value} repeats a column; list each column once")
         return value
@@ -395,15 +524,18 @@ class TableConfig(_Model):
     @field_validator("owners")
     @classmethod
     def _owners(cls, value: list[str]) -> list[str]:
-        for owner in value:
-            if not re.match(r"^(team:[\w.-]+|[^@\s]+@[^@\s]+\.[^@\s]+)$", owner):
-                raise ValueError(f"owner {owner!r} is neither 'team:<name>' nor an email address")
+        _check_each(value, _check_owner)
         return value
+
+    @field_validator("contract")
+    @classmethod
+    def _contract(cls, value: str | None) -> str | None:
+        return None if value is None else _check_template_syntax(value)
 
     @property
     def asset_name(self) -> str:
-        """The table name as used in asset keys (`archive/<asset_name>`)."""
-        return re.sub(r"\W", "_", self.name)
+        """The table name as used in asset keys (`archive/<asset_name>`): ASCII letters, digits, `_`."""
+        return re.sub(r"[^A-Za-z0-9_]", "_", self.name)
 
 
 class DefaultsConfig(_Model):
@@ -415,24 +547,40 @@ class DefaultsConfig(_Model):
     archive: dict[str, Any] = Field(default_factory=dict)
     replica: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("time_column")
+    @classmethod
+    def _time_column(cls, value: str) -> str:
+        return check_identifier(value, "column name")
+
+    @field_validator("owners")
+    @classmethod
+    def _owners(cls, value: list[str]) -> list[str]:
+        _check_each(value, _check_owner)
+        return value
+
     @field_validator("archive")
     @classmethod
-    def _archive_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_keys(value, TableArchiveConfig)
+    def _archive(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # `retention` may be left to each table; a placeholder lets the other keys be checked alone.
+        _check_partial(value, TableArchiveConfig, placeholders={"retention": "1 year"})
         return value
 
     @field_validator("replica")
     @classmethod
-    def _replica_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        _check_keys(value, TableReplicaConfig)
+    def _replica(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_partial(value, TableReplicaConfig, placeholders={})
         return value
 
 
-def _check_keys(value: dict[str, Any], model: type[BaseModel]) -> None:
-    known = set(model.model_fields)
-    for key in value:
-        if key not in known:
-            raise ValueError(_unknown_key_message(str(key), sorted(known)))
+def _check_partial(value: dict[str, Any], model: type[BaseModel], *, placeholders: dict[str, Any]) -> None:
+    """Validate the keys of a defaults block on their own, so a bad default is reported even when
+    every table overrides it."""
+    try:
+        model.model_validate({**placeholders, **value})
+    except ValidationError as exc:
+        raise _KeyedErrors(
+            [problem for error in exc.errors() for problem in _problems(error, root=model)]
+        ) from None
 
 
 def _unknown_key_message(key: str, valid: list[str]) -> str:
@@ -450,46 +598,70 @@ class ProjectConfig(_Model):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     defaults: DefaultsConfig = Field(default_factory=DefaultsConfig)
     tables: list[TableConfig] = Field(min_length=1)
-    schemas_dir: str = Field(default="schemas", description="Where schema contracts live (relative to this file)")
+    schemas_dir: str = Field(
+        default="schemas", description="Where schema contracts live (relative to this file)"
+    )
     path: str = Field(default="", description="The file this was read from (set by the loader)")
+
+    @field_validator("schemas_dir")
+    @classmethod
+    def _schemas_dir(cls, value: str) -> str:
+        return _check_template_syntax(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ProjectConfig:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         seen: dict[str, int] = {}
         for index, table in enumerate(self.tables):
             key = table.asset_name.lower()
             if key in seen:
-                raise _LocatedError(
-                    ("tables", index, "name"),
-                    f"table '{table.name}' is listed twice (also tables[{seen[key]}]); keep one entry per table",
-                )
-            seen[key] = index
+                other = self.tables[seen[key]]
+                if other.name == table.name:
+                    message = f"table '{table.name}' is listed twice (also tables[{seen[key]}]); keep one entry per table"
+                else:
+                    message = (
+                        f"table '{table.name}' and tables[{seen[key]}] '{other.name}' would both be asset "
+                        f"'{other.asset_name}' (names that differ only in case, or in characters other than "
+                        "letters, digits and '_', clash); configure each table once"
+                    )
+                problems.append((("tables", index, "name"), message))
+            else:
+                seen[key] = index
             if table.archive is not None and self.archive is None:
-                raise _LocatedError(
-                    ("tables", index, "archive"),
-                    f"table '{table.name}' has an archive block but the file has no top-level 'archive:' store; "
-                    "add archive: {url: s3://bucket/prefix} or remove the table's archive block",
+                problems.append(
+                    (
+                        ("tables", index, "archive"),
+                        f"table '{table.name}' has an archive block but the file has no top-level 'archive:' store; "
+                        "add archive: {url: s3://bucket/prefix} or remove the table's archive block",
+                    )
                 )
             if table.replica is not None and self.warehouse is None:
-                raise _LocatedError(
-                    ("tables", index, "replica"),
-                    f"table '{table.name}' has a replica block but the file has no top-level 'warehouse:'; "
-                    "add warehouse: {url: ...} or remove the table's replica block",
+                problems.append(
+                    (
+                        ("tables", index, "replica"),
+                        f"table '{table.name}' has a replica block but the file has no top-level 'warehouse:'; "
+                        "add warehouse: {url: ...} or remove the table's replica block",
+                    )
                 )
-            if table.replica is not None and table.primary_key is None and table.replica.insert_mode in (
-                "overwrite_existing",
-                "keep_existing",
-            ):
-                pass  # the key is reflected at run time; a table without one fails there with the fix
-        if (
-            self.warehouse is not None
-            and envvars.static_prefix(self.warehouse.url).startswith("redshift")
-            and not self.warehouse.staging_url
-        ):
-            raise _LocatedError(
-                ("warehouse", "staging_url"),
-                "a Redshift warehouse loads with COPY from S3; set staging_url: s3://bucket/staging",
-            )
+        if self.warehouse is not None and self.warehouse.is_redshift:
+            staging_scheme = _scheme(self.warehouse.staging_url)
+            if not self.warehouse.staging_url:
+                problems.append(
+                    (
+                        ("warehouse", "staging_url"),
+                        "a Redshift warehouse loads with COPY from S3; set staging_url: s3://bucket/staging",
+                    )
+                )
+            elif staging_scheme != "s3" and not self.warehouse.staging_url.startswith("${"):
+                problems.append(
+                    (
+                        ("warehouse", "staging_url"),
+                        f"'{self.warehouse.staging_url}' is not on S3, and Redshift COPY reads only from S3; "
+                        "use staging_url: s3://bucket/staging",
+                    )
+                )
+        if problems:
+            raise _KeyedErrors(problems)
         return self
 
     def table(self, name: str) -> TableConfig:
@@ -503,23 +675,48 @@ class ProjectConfig(_Model):
 
     @property
     def base_dir(self) -> Path:
-        """Directory relative paths in this file are resolved against."""
-        return Path(self.path).parent if self.path else Path.cwd()
+        """Directory relative paths in this file are resolved against.
+
+        The file's own directory; for the bundled demo config the current directory, because the
+        demo keeps everything under `./.demo` and the installed package may be read-only.
+        """
+        if not self.path or Path(self.path).resolve() == DEMO_CONFIG_PATH.resolve():
+            return Path.cwd()
+        return Path(self.path).parent
 
     def contract_path(self, table: TableConfig) -> Path:
-        """Where the schema contract of `table` lives."""
-        raw = table.contract or str(Path(envvars.resolve(self.schemas_dir)) / f"{table.asset_name}.json")
+        """Where the schema contract of `table` lives.
+
+        Raises:
+            ConfigError: a variable in `schemas_dir` or the table's `contract` is not set.
+        """
+        if table.contract:
+            index = next((i for i, t in enumerate(self.tables) if t is table), None)
+            key = f"tables[{index}].contract" if index is not None else f"tables[{table.name}].contract"
+            raw = resolve_value(self, key, table.contract)
+        else:
+            raw = str(Path(resolve_value(self, "schemas_dir", self.schemas_dir)) / f"{table.asset_name}.json")
         path = Path(raw)
         return path if path.is_absolute() else self.base_dir / path
 
 
-class _LocatedError(ValueError):
-    """A cross-field error that knows which key it belongs to."""
+def resolve_value(config: ProjectConfig, key: str, value: str) -> str:
+    """Resolve the `${VAR}` / `${VAR:-default}` references in `value`, read from `config` at `key`.
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
+    Resources call this when a run needs the value; the result must not be logged or shown.
+
+    Raises:
+        ConfigError: `<file>: <key>: environment variable X is not set; export X=... or give a
+            default with ${X:-...}` (names the variable, never a value).
+    """
+    try:
+        return envvars.resolve(value)
+    except envvars.TemplateError as exc:
+        fix = ""
+        if exc.variable:
+            name = exc.variable
+            fix = f"; export {name}=... or give a default with ${{{name}:-...}}"
+        raise ConfigError(f"{config.path or '(config)'}: {key}: {exc}{fix}") from None
 
 
 def find_config_path(cwd: Path | None = None) -> Path:
@@ -528,8 +725,9 @@ def find_config_path(cwd: Path | None = None) -> Path:
     if explicit:
         path = Path(explicit)
         if not path.is_file():
+            problem = "is a directory, not a file" if path.is_dir() else "no such file"
             raise ConfigError(
-                f"{CONFIG_ENV_VAR}={explicit}: no such file; point it at your etl_assets.yaml "
+                f"{CONFIG_ENV_VAR}={explicit}: {problem}; point it at your etl_assets.yaml "
                 "or unset it to use ./etl_assets.yaml"
             )
         return path
@@ -547,20 +745,23 @@ def load_config(path: Path | str | None = None) -> ProjectConfig:
     try:
         text = config_path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{config_path}: cannot read the config file ({exc.strerror})") from None
+        raise ConfigError(f"{config_path}: cannot read the config file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{config_path}: not UTF-8 text (byte {exc.start}); save the config file as UTF-8"
+        ) from None
     return parse_config(text, source=str(config_path))
 
 
 def parse_config(text: str, *, source: str) -> ProjectConfig:
     """Validate YAML text as a config; `source` names it in error messages."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{source}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    raw = _load_yaml(text, source=source)
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the file must be a mapping with keys source, tables, ... (got {type(raw).__name__})")
+        got = "empty" if raw is None else f"a {type(raw).__name__}"
+        raise ConfigError(
+            f"{source}: (top level): the file is {got}, not a mapping; start it with "
+            "source: {url: ...} and tables: [...] (see the bundled demo config)"
+        )
     raw, inherited = _apply_defaults(raw)
     raw["path"] = source
     try:
@@ -569,13 +770,64 @@ def parse_config(text: str, *, source: str) -> ProjectConfig:
         raise ConfigError(_format_errors(exc, source=source, inherited=inherited)) from None
 
 
+def _load_yaml(text: str, *, source: str) -> Any:
+    """`yaml.safe_load`, but a key given twice in one mapping is an error (YAML keeps the last silently)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, (), source=source)
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(top level)"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            f"{source}: {where}: not valid YAML: {problem}; check the indentation and quoting there"
+        ) from None
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(
+    node: yaml.Node, loc: tuple[str | int, ...], *, source: str, visited: set[int] | None = None
+) -> None:
+    visited = set() if visited is None else visited
+    if id(node) in visited:  # an alias: checked where its anchor is (and may refer to itself)
+        return
+    visited.add(id(node))
+    if isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicate_keys(item, (*loc, index), source=source, visited=visited)
+    elif isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key_node.start_mark.line + 1
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                lines = f"line {line}" if seen[key] == line else f"lines {seen[key]} and {line}"
+                raise ConfigError(
+                    f"{source}: {_format_loc((*loc, key_node.value))}: given twice in one mapping "
+                    f"({lines}); YAML would silently keep the last, so keep one"
+                )
+            seen[key] = line
+            _check_duplicate_keys(value_node, (*loc, key_node.value), source=source, visited=visited)
+
+
 def _apply_defaults(raw: dict[str, Any]) -> tuple[dict[str, Any], set[tuple[int, str, str]]]:
-    """Merge `defaults` into each table; remember which keys were inherited for error locations."""
+    """Merge `defaults` into each table; remember which keys were inherited for error locations.
+
+    A table gets the `archive` / `replica` defaults only when it has that block (even an empty one):
+    the block is what turns archiving or replication on for the table.
+    """
     defaults = raw.get("defaults") or {}
     tables = raw.get("tables")
     inherited: set[tuple[int, str, str]] = set()
     if not isinstance(defaults, dict) or not isinstance(tables, list):
-        return raw, inherited
+        return dict(raw), inherited
     merged_tables: list[Any] = []
     for index, table in enumerate(tables):
         if not isinstance(table, dict):
@@ -588,14 +840,14 @@ def _apply_defaults(raw: dict[str, Any]) -> tuple[dict[str, Any], set[tuple[int,
                 inherited.add((index, key, ""))
         for block in ("archive", "replica"):
             base = defaults.get(block)
-            if isinstance(base, dict) and isinstance(merged.get(block), dict):
-                for key in base:
-                    if key not in merged[block]:
-                        inherited.add((index, block, key))
-                merged[block] = {**base, **merged[block]}
-            elif isinstance(base, dict) and merged.get(block) is None and block in merged:
-                merged[block] = dict(base)
-                inherited.update((index, block, key) for key in base)
+            if not isinstance(base, dict) or block not in merged:
+                continue
+            own = merged[block]
+            if own is None:
+                own = {}
+            if isinstance(own, dict):
+                inherited.update((index, block, str(key)) for key in base if key not in own)
+                merged[block] = {**base, **own}
         merged_tables.append(merged)
     return {**raw, "tables": merged_tables}, inherited
 
@@ -606,87 +858,183 @@ def _format_loc(loc: tuple[str | int, ...]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + ("schema" if part == "schema_" else part)
+            text += ("." if text else "") + str(part)
     return text or "(top level)"
 
 
 def _format_errors(exc: ValidationError, *, source: str, inherited: set[tuple[int, str, str]]) -> str:
     lines: list[str] = []
     for error in exc.errors():
-        loc = tuple(part for part in error["loc"] if part not in ("function-after", "function-before"))
-        located = error.get("ctx", {}).get("error")
-        if isinstance(located, _LocatedError):
-            loc, message = located.loc, located.message
-        else:
-            message = _message(error, loc)
-        loc = _remap_inherited(loc, inherited)
-        lines.append(f"{source}: {_format_loc(loc)}: {message}")
+        for loc, message in _problems(error, root=ProjectConfig):
+            line = f"{source}: {_format_loc(_remap_inherited(loc, inherited))}: {message}"
+            if line not in lines:  # an inherited default fails once per table; say it once
+                lines.append(line)
     return "\n".join(lines)
 
 
+def _problems(error: Any, *, root: type[BaseModel]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location, message) pairs for one pydantic error, locations as written in the YAML."""
+    loc = tuple(part for part in error["loc"] if part not in ("function-after", "function-before"))
+    located = error.get("ctx", {}).get("error")
+    if isinstance(located, _KeyedErrors):
+        return [((*loc, *relative), message) for relative, message in located.problems]
+    return [(loc, _message(error, loc, root=root))]
+
+
 def _remap_inherited(loc: tuple[Any, ...], inherited: set[tuple[int, str, str]]) -> tuple[Any, ...]:
+    """`tables[i].<key>...` becomes `defaults.<key>...` when table i inherited that key."""
     if len(loc) >= 3 and loc[0] == "tables" and isinstance(loc[1], int):
-        index, block = loc[1], str(loc[2])
-        key = str(loc[3]) if len(loc) > 3 else ""
-        if (index, block, key) in inherited:
-            return ("defaults", block, *loc[3:])
+        index, key = loc[1], str(loc[2])
+        if (index, key, "") in inherited:
+            return ("defaults", *loc[2:])
+        if len(loc) > 3 and (index, key, str(loc[3])) in inherited:
+            return ("defaults", *loc[2:])
     return loc
 
 
-def _message(error: Any, loc: tuple[Any, ...]) -> str:
+def _message(error: Any, loc: tuple[Any, ...], *, root: type[BaseModel]) -> str:
     kind = error["type"]
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = sorted(_yaml_keys(parent)) if parent else []
-        return _unknown_key_message(str(loc[-1]), valid)
-    if kind == "missing":
-        return f"missing required key '{loc[-1]}'" + _required_hint(str(loc[-1]))
+    value = error.get("input")
+    key = str(loc[-1]) if loc else ""
+    parent = _model_at(root, loc[:-1])
     text = str(error["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
         if text.startswith(prefix):
             text = text[len(prefix) :]
+    text = text[:1].lower() + text[1:]
+    if kind == "extra_forbidden":
+        valid = sorted(_yaml_keys(parent)) if parent else []
+        return _unknown_key_message(key, valid)
+    if kind == "missing":
+        return f"missing required key '{key}'; {_required_hint(parent, key)}"
+    if value is None and kind.endswith("_type"):
+        return f"has no value; {_required_hint(parent, key)}"
     if kind == "literal_error":
-        return f"{error.get('input')!r} is not allowed; {text[0].lower()}{text[1:]}"
-    if kind in ("int_parsing", "int_type", "float_parsing", "bool_parsing", "bool_type", "list_type", "dict_type",
-                "model_type", "string_type", "model_attributes_type"):  # fmt: skip
-        return f"{error.get('input')!r}: {text[0].lower()}{text[1:]}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "too_short"):
-        return f"{error.get('input')!r}: {text[0].lower()}{text[1:]}"
+        expected = error.get("ctx", {}).get("expected", "")
+        return f"{value!r} is not allowed; use {expected}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        model = _model_at(root, loc)
+        keys = f"with keys {', '.join(sorted(_yaml_keys(model)))}" if model else "of names to values"
+        target = f"{key}: {{...}}" if key and not isinstance(loc[-1], int) else "it as {...}"
+        return f"{value!r} is not a mapping; write {target} {keys}"
+    if kind == "list_type":
+        return f"{value!r} is not a list; write it as [a, b] or one '- item' per line"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{value!r} is not a whole number; {_range_hint(parent, key)}"
+    if kind in ("float_parsing", "float_type"):
+        return f"{value!r} is not a number; {_range_hint(parent, key)}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{value!r} is not a yes/no value; use true or false"
+    if kind == "string_type":
+        return f"{value!r} is not text; write a quoted string, e.g. {key}: 'text'"
+    if kind.startswith(("greater_than", "less_than")):
+        return f"{value!r} is out of range; {_range_hint(parent, key)}"
+    if kind == "too_short" and loc == ("tables",):
+        return "no tables are listed; add at least one, e.g. tables: [{name: visits, archive: {retention: 6 months}}]"
+    if kind == "too_short":
+        return f"{value!r} is empty; {text}"
+    if kind.startswith(("date", "datetime")):
+        return f"{value!r} is not a valid date ({text}); write it as YYYY-MM-DD, e.g. 2019-01-01"
     return text
 
 
-_REQUIRED_HINTS = {
-    "url": " (a SQLAlchemy URL, s3://bucket/prefix, or a path, depending on the block)",
-    "name": " (the source table's name)",
-    "retention": " (how long rows stay in MySQL, e.g. '6 months')",
-    "tables": " (a list of tables: - name: visits ...)",
-    "source": " (source: {url: mysql+pymysql://...})",
-    "mode": " (GOVERNANCE or COMPLIANCE)",
-    "days": " (retention in days, e.g. 2557)",
+def _range_hint(model: type[BaseModel] | None, key: str) -> str:
+    """`use a whole number from 1 to 100000`, from the field's type and bounds."""
+    field = _field(model, key) if model else None
+    whole = field is not None and int in (field.annotation, *get_args(field.annotation))
+    low: Any = None
+    high: Any = None
+    low_strict = high_strict = False
+    for item in field.metadata if field else []:  # annotated_types Ge / Gt / Le / Lt
+        if getattr(item, "ge", None) is not None:
+            low = item.ge
+        elif getattr(item, "gt", None) is not None:
+            low, low_strict = item.gt, True
+        elif getattr(item, "le", None) is not None:
+            high = item.le
+        elif getattr(item, "lt", None) is not None:
+            high, high_strict = item.lt, True
+    noun = "a whole number" if whole else "a number"
+    if whole and low_strict and low is not None:
+        low, low_strict = low + 1, False
+    if whole and high_strict and high is not None:
+        high, high_strict = high - 1, False
+    if low is not None and high is not None and not (low_strict or high_strict):
+        return f"use {noun} from {low} to {high}"
+    parts = []
+    if low is not None:
+        parts.append(f"{'greater than' if low_strict else 'at least'} {low}")
+    if high is not None:
+        parts.append(f"{'less than' if high_strict else 'at most'} {high}")
+    return f"use {noun}" + (f" {' and '.join(parts)}" if parts else "")
+
+
+def _required_hint(model: type[BaseModel] | None, key: str) -> str:
+    hint = _REQUIRED_HINTS.get((model, key)) if model else None
+    if hint:
+        return hint
+    field = _field(model, key) if model else None
+    if field is not None and field.description:
+        return f"add {key}: <{field.description[0].lower()}{field.description[1:]}>"
+    return f"add {key}: <value>"
+
+
+_REQUIRED_HINTS: dict[tuple[type[BaseModel] | None, str], str] = {
+    (ProjectConfig, "source"): "add source: {url: mysql+pymysql://user:${DB_PASSWORD}@host:3306/database}",
+    (ProjectConfig, "tables"): "add tables: [{name: visits, archive: {retention: 6 months}}]",
+    (SourceConfig, "url"): f"add url: a SQLAlchemy URL; {_SOURCE_URL_HINT}",
+    (ArchiveStoreConfig, "url"): "add url: s3://bucket/prefix or a local directory",
+    (WarehouseConfig, "url"): f"add url: a warehouse URL; {_WAREHOUSE_URL_HINT}",
+    (ObjectLockConfig, "mode"): (
+        "object_lock needs a mode: GOVERNANCE (testable, privileged users can bypass) "
+        "or COMPLIANCE (nobody can shorten it)"
+    ),
+    (ObjectLockConfig, "days"): "add days: <retention per object in days>, e.g. days: 2557 (7 years)",
+    (TableConfig, "name"): "add name: <the source table's name>, e.g. name: visits",
+    (TableArchiveConfig, "retention"): (
+        "add retention: <how long rows stay in the source>, e.g. retention: 6 months "
+        "(here or in defaults.archive)"
+    ),
 }
 
 
-def _required_hint(key: str) -> str:
-    return _REQUIRED_HINTS.get(key, "")
+def _field(model: type[BaseModel] | None, key: str) -> Any:
+    if model is None:
+        return None
+    for name, field in model.model_fields.items():
+        if key in (name, field.alias):
+            return field
+    return None
 
 
-_MODELS_BY_PATH: dict[tuple[str, ...], type[BaseModel]] = {
-    (): ProjectConfig,
-    ("source",): SourceConfig,
-    ("archive",): ArchiveStoreConfig,
-    ("archive", "object_lock"): ObjectLockConfig,
-    ("warehouse",): WarehouseConfig,
-    ("alerts",): AlertsConfig,
-    ("defaults",): DefaultsConfig,
-    ("tables",): TableConfig,
-    ("tables", "archive"): TableArchiveConfig,
-    ("tables", "replica"): TableReplicaConfig,
-}
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    path = tuple(str(part) for part in loc if not isinstance(part, int))
-    return _MODELS_BY_PATH.get(path)
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model that validates the mapping at `loc` (list indexes are skipped), if any."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model is DefaultsConfig and part in _DEFAULT_BLOCKS:
+            model = _DEFAULT_BLOCKS[part]
+            continue
+        field = _field(model, str(part))
+        if field is None:
+            return None
+        model = _submodel(field.annotation)
+    return model
+
+
+# `defaults.archive` / `defaults.replica` are plain mappings holding a table block's keys.
+_DEFAULT_BLOCKS: dict[str, type[BaseModel]] = {"archive": TableArchiveConfig, "replica": TableReplicaConfig}
 
 
 def _yaml_keys(model: type[BaseModel]) -> set[str]:

@@ -73,7 +73,7 @@ class SourceColumn:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SourceColumn:
         """Inverse of `to_dict`, ignoring unknown keys so older contracts still load."""
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
 

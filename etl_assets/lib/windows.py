@@ -14,7 +14,7 @@ from typing import Literal
 
 Unit = Literal["minutes", "hours", "days", "weeks", "months", "years"]
 
-_AMOUNT_UNIT = re.compile(r"^\s*(?P<amount>[+-]?\d+)\s*(?P<unit>[A-Za-z]+)\s*$")
+_AMOUNT_UNIT = re.compile(r"\s*(?P<amount>[+-]?[0-9]+)\s*(?P<unit>[A-Za-z]+)\s*")
 _UNIT_ALIASES: dict[str, Unit] = {
     "minute": "minutes", "minutes": "minutes", "min": "minutes", "mins": "minutes",
     "hour": "hours", "hours": "hours", "h": "hours",
@@ -59,15 +59,18 @@ def parse_period(text: str, *, allowed: tuple[Unit, ...], what: str, allow_zero:
     units = "|".join(allowed)
     example = "6 months" if "months" in allowed else f"15 {allowed[0]}"
     hint = f"write it as '<whole number> <{units}>', e.g. '{example}'"
-    match = _AMOUNT_UNIT.match(str(text))
+    match = _AMOUNT_UNIT.fullmatch(str(text))
     if not match:
         raise ValueError(f"'{text}' is not a {what}; {hint}")
     unit = _UNIT_ALIASES.get(match.group("unit").lower())
-    if unit is None or unit not in allowed:
+    if unit is None:
         raise ValueError(f"'{text}' has an unknown unit '{match.group('unit')}'; {hint}")
+    if unit not in allowed:
+        raise ValueError(f"'{text}': a {what} cannot be given in {unit}; {hint}")
     amount = int(match.group("amount"))
     if amount < 0 or (amount == 0 and not allow_zero):
-        raise ValueError(f"'{text}' must be a positive {what}; {hint}")
+        sign = "zero or more" if allow_zero else "more than zero"
+        raise ValueError(f"'{text}' must be {sign}; {hint}")
     return Period(amount, unit)
 
 
@@ -80,7 +83,9 @@ def add_months(moment: datetime, months: int) -> datetime:
 
 
 def month_start(moment: datetime | date) -> datetime:
-    """First instant (UTC) of the month that contains `moment`."""
+    """First instant (UTC) of the month that contains `moment` (an aware datetime is taken in UTC)."""
+    if isinstance(moment, datetime):
+        moment = utc(moment)
     return datetime(moment.year, moment.month, 1, tzinfo=UTC)
 
 
@@ -97,8 +102,15 @@ class Window:
     end: datetime
 
     def __post_init__(self) -> None:
+        # Normalized to UTC so `naive()` and `label()` mean UTC whatever offset the caller used.
+        object.__setattr__(self, "start", utc(self.start))
+        object.__setattr__(self, "end", utc(self.end))
         if self.end <= self.start:
             raise ValueError(f"empty window: end {self.end} is not after start {self.start}")
+
+    def contains(self, moment: datetime) -> bool:
+        """True when `moment` (naive means UTC) falls in `[start, end)`."""
+        return self.start <= utc(moment) < self.end
 
     def naive(self) -> tuple[datetime, datetime]:
         """Bounds without tzinfo, for DATETIME parameters (the session runs in UTC)."""

@@ -1,0 +1,173 @@
+"""`archive/<t>`: monthly partitions of old rows, moved to encrypted Parquet and purged from the source.
+
+Materializing one partition does the whole job (extract, stage, verify, purge, commit; see
+`engine/archive.py`). A range of partitions runs in one run (single-run backfill policy), one month
+after the other, so a first archive of years of history is one process, not hundreds of runs.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+
+from etl_assets.assets.naming import (
+    ARCHIVE_VERIFIED_CHECK,
+    SOURCE_POOL,
+    archive_key,
+    archive_partitions,
+    source_key,
+    source_kind,
+    store_kind,
+    table_tags,
+)
+from etl_assets.config import ProjectConfig, TableConfig, utcnow
+from etl_assets.engine.archive import ArchiveError, ArchiveJob, ArchiveReport
+from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
+from etl_assets.lib.windows import Window, add_months, utc
+from etl_assets.resources.source import SourceDatabase
+from etl_assets.resources.store import ArchiveStore
+from etl_assets.resources.warehouse import WarehouseResource
+
+
+def _month_windows(context: dg.AssetExecutionContext) -> list[tuple[str, Window]]:
+    windows = []
+    for key in context.partition_keys:
+        start = utc(datetime.fromisoformat(key))
+        windows.append((key, Window(start, add_months(start, 1))))
+    return windows
+
+
+def _metadata(reports: list[ArchiveReport]) -> dict[str, object]:
+    first, last = reports[0], reports[-1]
+    seconds = sum(r.seconds for r in reports)
+    extracted = sum(r.rows_extracted for r in reports)
+    parts = [url for r in reports for url in r.parts]
+    metadata: dict[str, object] = {
+        "dagster/row_count": sum(r.committed_rows_in_partition for r in reports),
+        "rows_extracted": extracted,
+        "rows_committed": sum(r.rows_committed for r in reports),
+        "rows_purged": sum(r.rows_purged for r in reports),
+        "rows_kept_changed_since_read": sum(r.rows_kept_changed for r in reports),
+        "rows_kept_not_in_replica": sum(r.rows_kept_not_in_replica for r in reports),
+        "rows_kept_max_run_time": sum(r.rows_kept_deadline for r in reports),
+        "rows_null_time_column": last.null_time_rows,
+        "zero_dates_nulled": sum(r.zero_dates_nulled for r in reports),
+        "bytes_written": sum(r.bytes_written for r in reports),
+        "parts": len(parts),
+        "seconds": round(seconds, 3),
+        "rows_per_second": round(extracted / seconds, 1) if seconds else 0.0,
+        "longest_delete_transaction_seconds": round(max(r.longest_delete_seconds for r in reports), 4),
+        "window": f"[{first.window.start:%Y-%m-%d}, {last.window.end:%Y-%m-%d})",
+        "recovered_runs": dg.MetadataValue.json([run for r in reports for run in r.recovered_runs]),
+    }
+    if len(reports) == 1 and reports[0].manifest:
+        metadata["manifest"] = dg.MetadataValue.path(reports[0].manifest)
+    if parts:
+        metadata["objects"] = dg.MetadataValue.md("\n".join(f"- `{url}`" for url in parts[:50]))
+        if parts[0].startswith("s3://"):
+            metadata["first_object"] = dg.MetadataValue.url(parts[0])
+    if len(reports) > 1:
+        rows = [
+            "| partition | extracted | committed | purged | kept | seconds |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        rows += [
+            f"| {r.partition} | {r.rows_extracted:,} | {r.rows_committed:,} | {r.rows_purged:,} | "
+            f"{r.rows_kept_changed + r.rows_kept_not_in_replica + r.rows_kept_deadline:,} | {r.seconds:.2f} |"
+            for r in reports
+        ]
+        metadata["partitions"] = dg.MetadataValue.md("\n".join(rows))
+    return metadata
+
+
+def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.AssetsDefinition:
+    """The `archive/<table>` asset (monthly partitions, single-run backfills)."""
+    assert table.archive is not None
+    assert config.archive is not None
+    settings = table.archive
+    purge_text = (
+        "then deletes them from the source"
+        if settings.purge
+        else "and leaves the source untouched (purge: false)"
+    )
+    description = (
+        f"Rows of `{table.name}` whose `{table.time_column}` is older than {settings.retention}, archived "
+        f"month by month as encrypted zstd Parquet under `{config.archive.url}`. Each run verifies every part "
+        f"by reading it back {purge_text}, in batches of {settings.batch_size:,}."
+    )
+
+    @dg.asset(
+        key=archive_key(table),
+        deps=[source_key(table)],
+        partitions_def=archive_partitions(config, table),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=config.source.group_name,
+        kinds={source_kind(config), store_kind(config), "parquet"},
+        owners=table.owners,
+        tags=table_tags(config, table),
+        description=description,
+        pool=SOURCE_POOL,
+        check_specs=[
+            dg.AssetCheckSpec(
+                ARCHIVE_VERIFIED_CHECK,
+                asset=archive_key(table),
+                description="Every committed part was read back and matched the rows read from the source.",
+            )
+        ],
+        metadata={"retention": settings.retention, "purge": settings.purge, "time_column": table.time_column},
+    )
+    def _archive(
+        context: dg.AssetExecutionContext,
+        source: SourceDatabase,
+        archive_store: ArchiveStore,
+        warehouse: WarehouseResource,
+    ) -> dg.MaterializeResult:
+        client = source.open()
+        try:
+            source_table = client.reflect(table.name, primary_key=table.primary_key)
+            ensure_no_drift(config=config, table=table, live=source_table, what="archive")
+            store = archive_store.open()
+            guard = (
+                warehouse.replica_guard(config=config, table=table, source_table=source_table)
+                if table.replica
+                else None
+            )
+            reports = []
+            for key, window in _month_windows(context):
+                context.log.info(f"archive {table.name} partition {key} window {window.label()}")
+                job = ArchiveJob(
+                    source=client,
+                    store=store,
+                    table=table,
+                    source_table=source_table,
+                    partition_key=key,
+                    window=window,
+                    run_id=context.run_id,
+                    now=utcnow(),
+                    log=context.log.info,
+                    replica_guard=guard,
+                    lock_timeout_seconds=config.source.lock_timeout_seconds,
+                )
+                report = job.run()
+                if report.message:
+                    context.log.info(report.message)
+                reports.append(report)
+        except (ArchiveError, DriftBlockedError) as exc:
+            raise dg.Failure(description=str(exc)) from None
+        finally:
+            client.dispose()
+        committed = sum(r.rows_committed for r in reports)
+        return dg.MaterializeResult(
+            metadata=_metadata(reports),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name=ARCHIVE_VERIFIED_CHECK,
+                    passed=True,
+                    metadata={"rows_committed": committed, "parts": sum(len(r.parts) for r in reports)},
+                    description="All parts read back and matched (count and primary-key digest) before any delete.",
+                )
+            ],
+        )
+
+    return _archive

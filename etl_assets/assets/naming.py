@@ -1,0 +1,110 @@
+"""One place that owns asset keys, groups, kinds, tags and partitions for a table.
+
+Assets of a table are `source/<t>`, `archive/<t>` and `replica/<t>`; every asset of one source
+database shares that database's group. Partition definitions are computed from config only (and from
+the committed schema contract's oldest-row month), never by querying the source at load time.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import dagster as dg
+
+from etl_assets.config import ProjectConfig, TableConfig
+from etl_assets.lib.windows import Period
+
+SOURCE_POOL = "etl_source"
+DEFAULT_START = date(2000, 1, 1)
+SCHEMA_DRIFT_CHECK = "schema_drift"
+ARCHIVE_VERIFIED_CHECK = "archive_verified"
+REPLICA_ROW_COUNT_CHECK = "replica_row_count"
+REPLICA_SCHEMA_CHECK = "replica_schema"
+REPLICA_FRESHNESS_CHECK = "replica_freshness"
+
+
+def source_key(table: TableConfig) -> dg.AssetKey:
+    """`source/<table>`."""
+    return dg.AssetKey(["source", table.asset_name])
+
+
+def archive_key(table: TableConfig) -> dg.AssetKey:
+    """`archive/<table>`."""
+    return dg.AssetKey(["archive", table.asset_name])
+
+
+def replica_key(table: TableConfig) -> dg.AssetKey:
+    """`replica/<table>`."""
+    return dg.AssetKey(["replica", table.asset_name])
+
+
+def table_tags(config: ProjectConfig, table: TableConfig) -> dict[str, str]:
+    """Tags that let people filter the graph by table and database."""
+    return {"etl_assets/table": table.asset_name, "etl_assets/source": config.source.group_name}
+
+
+def source_kind(config: ProjectConfig) -> str:
+    """`mysql` or `sqlite`, from the source URL (templated URLs are assumed MySQL, the product)."""
+    return "sqlite" if config.source.url.startswith("sqlite") else "mysql"
+
+
+def warehouse_kind(config: ProjectConfig) -> str:
+    """`redshift`, `postgres` or `duckdb`."""
+    url = config.warehouse.url if config.warehouse else ""
+    if url.startswith("duckdb"):
+        return "duckdb"
+    if url.startswith("postgresql"):
+        return "postgres"
+    return "redshift"
+
+
+def store_kind(config: ProjectConfig) -> str:
+    """`s3` or `file`."""
+    return "s3" if config.archive is not None and config.archive.is_s3 else "file"
+
+
+def contract_oldest(config: ProjectConfig, table: TableConfig) -> date | None:
+    """The oldest row's date recorded in the committed schema contract, if any."""
+    path = config.contract_path(table)
+    try:
+        oldest = json.loads(path.read_text(encoding="utf-8")).get("oldest_row")
+    except (OSError, ValueError):
+        return None
+    try:
+        return date.fromisoformat(str(oldest)[:10]) if oldest else None
+    except ValueError:
+        return None
+
+
+def retention_months(period: Period) -> int:
+    """Whole months a retention spans, rounded down (days and weeks counted as 30/7-day months)."""
+    if period.unit == "years":
+        return period.amount * 12
+    if period.unit == "months":
+        return period.amount
+    days = period.amount * (7 if period.unit == "weeks" else 1)
+    return days // 31
+
+
+def archive_partitions(config: ProjectConfig, table: TableConfig) -> dg.MonthlyPartitionsDefinition:
+    """Monthly partitions from `archive.start` (or the contract's oldest row) to the last month retention allows.
+
+    A negative end offset keeps months inside the retention period out of the partition list; the run
+    itself re-checks eligibility against the clock, so a day-based retention can never archive early.
+    """
+    assert table.archive is not None
+    start = table.archive.start_date or contract_oldest(config, table) or DEFAULT_START
+    offset = -retention_months(table.archive.retention_period)
+    return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=offset)
+
+
+def replica_partitions(
+    config: ProjectConfig, table: TableConfig
+) -> dg.DailyPartitionsDefinition | dg.HourlyPartitionsDefinition:
+    """Daily (or hourly) partitions up to and including the current, still-filling one."""
+    assert table.replica is not None
+    start = table.replica.start or contract_oldest(config, table) or DEFAULT_START
+    if table.replica.partition == "hourly":
+        return dg.HourlyPartitionsDefinition(start_date=f"{start:%Y-%m-%d}-00:00", end_offset=1)
+    return dg.DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1)

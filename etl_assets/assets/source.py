@@ -1,0 +1,137 @@
+"""`source/<t>`: the live MySQL tables, observed (never written), and the `source_table_sizes` report.
+
+An observation records the table's column schema (`dagster/column_schema`), its row count and the
+newest time-column value, which is also the data version: the UI shows when a table last changed,
+and automation can react to it.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from etl_assets.assets.naming import source_key, source_kind, table_tags
+from etl_assets.config import ProjectConfig, TableConfig
+from etl_assets.lib.schema import SourceTable
+from etl_assets.resources.source import SourceDatabase, TableSize
+
+
+def column_schema(table: SourceTable) -> dg.TableSchema:
+    """The Dagster TableSchema of a source table (MySQL types, nullability, primary key)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=column.name,
+                type=column.column_type,
+                constraints=dg.TableColumnConstraints(nullable=column.nullable, unique=False),
+                tags={"primary_key": "true"} if column.name in table.primary_key else {},
+            )
+            for column in table.columns
+        ]
+    )
+
+
+def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.AssetsDefinition:
+    """The observable `source/<table>` asset."""
+    spec = dg.AssetSpec(
+        key=source_key(table),
+        description=table.description
+        or f"The live `{table.name}` table in the source database (observed, never written).",
+        group_name=config.source.group_name,
+        kinds={source_kind(config)},
+        owners=table.owners,
+        tags=table_tags(config, table),
+        metadata={"dagster/table_name": f"{config.source.group_name}.{table.name}"},
+    )
+
+    @dg.multi_observable_source_asset(
+        specs=[spec], name=f"observe_source__{table.asset_name}", required_resource_keys={"source"}
+    )
+    def _observe(context: dg.AssetExecutionContext):
+        client = context.resources.source.open()
+        try:
+            reflected = client.reflect(table.name, primary_key=table.primary_key)
+            rows = client.row_count(table.name)
+            newest = None
+            if reflected.has_column(table.time_column):
+                newest = client.max_time(reflected, table.time_column)
+        finally:
+            client.dispose()
+        metadata: dict[str, object] = {
+            "dagster/column_schema": column_schema(reflected),
+            "dagster/row_count": rows,
+            "primary_key": ", ".join(reflected.primary_key) or "(none)",
+            "time_column": table.time_column,
+            "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
+        }
+        yield dg.ObserveResult(
+            asset_key=spec.key,
+            metadata=metadata,
+            data_version=dg.DataVersion(f"{rows}:{newest.isoformat() if newest else ''}"),
+        )
+
+    return _observe
+
+
+def _sizes_markdown(sizes: list[TableSize], candidates: set[str], configured: set[str]) -> str:
+    lines = [
+        "| table | rows (est.) | data MB | index MB | free MB | total MB | archive |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for size in sizes:
+        if size.name in candidates:
+            status = (
+                "**candidate**: has " + ", ".join(f"`{c}`" for c in size.time_columns[:2]) + ", not archived"
+            )
+        elif size.name in configured:
+            status = "configured"
+        else:
+            status = ""
+        lines.append(
+            f"| `{size.name}` | {size.rows:,} | {size.data_bytes / 1e6:,.1f} | {size.index_bytes / 1e6:,.1f} | "
+            f"{size.free_bytes / 1e6:,.1f} | {size.total_bytes / 1e6:,.1f} | {status} |"
+        )
+    return "\n".join(lines)
+
+
+def build_table_sizes_asset(*, config: ProjectConfig) -> dg.AssetsDefinition:
+    """The `source_table_sizes` report: which tables use the most space, and which could be archived."""
+    archived = {t.name for t in config.tables if t.archive is not None}
+    configured = {t.name for t in config.tables}
+
+    @dg.asset(
+        key="source_table_sizes",
+        group_name=config.source.group_name,
+        kinds={source_kind(config)},
+        owners=sorted({o for t in config.tables for o in t.owners}),
+        tags={"etl_assets/source": config.source.group_name},
+        pool="etl_source",
+    )
+    def source_table_sizes(context: dg.AssetExecutionContext, source: SourceDatabase) -> dg.MaterializeResult:
+        """Table and index sizes from information_schema, largest first.
+
+        Tables that have a date/time column but no archive block are marked as archive candidates.
+        """
+        client = source.open()
+        try:
+            sizes = client.table_sizes()
+        finally:
+            client.dispose()
+        candidates = {s.name for s in sizes if s.time_columns and s.name not in archived}
+        total = sum(s.total_bytes for s in sizes)
+        context.log.info(
+            f"{len(sizes)} tables, {total / 1e6:,.1f} MB; {len(candidates)} archive candidate(s)"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "sizes": dg.MetadataValue.md(_sizes_markdown(sizes, candidates, configured)),
+                "tables": len(sizes),
+                "total_bytes": total,
+                "data_bytes": sum(s.data_bytes for s in sizes),
+                "index_bytes": sum(s.index_bytes for s in sizes),
+                "archive_candidates": len(candidates),
+                "candidate_tables": dg.MetadataValue.json(sorted(candidates)),
+                "largest_table": sizes[0].name if sizes else "",
+            }
+        )
+
+    return source_table_sizes

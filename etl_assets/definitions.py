@@ -1,0 +1,57 @@
+"""The code location: `defs` assembled from the configuration file. No connections are opened here.
+
+`build_definitions(config)` is what tests call with their own configs; `defs` is built from the file
+that `ETL_ASSETS_CONFIG`, `./etl_assets.yaml` or the bundled demo config names.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from etl_assets.assets.archive import build_archive_asset
+from etl_assets.assets.replica import build_replica_asset
+from etl_assets.assets.source import build_source_asset, build_table_sizes_asset
+from etl_assets.config import ProjectConfig, load_config
+from etl_assets.resources.source import SourceDatabase
+from etl_assets.resources.store import ArchiveStore
+from etl_assets.resources.warehouse import WarehouseResource
+
+
+def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
+    """Resources configured from the file; `${VAR}` templates stay unresolved until a run opens them."""
+    archive = config.archive
+    warehouse = config.warehouse
+    return {
+        "source": SourceDatabase(url=config.source.url, config_file=config.path),
+        "archive_store": ArchiveStore(
+            url=archive.url if archive else "",
+            kms_key_id=archive.kms_key_id if archive else "",
+            object_lock_mode=archive.object_lock.mode if archive and archive.object_lock else None,
+            object_lock_days=archive.object_lock.days if archive and archive.object_lock else None,
+            region=archive.region if archive else "${AWS_DEFAULT_REGION:-us-east-1}",
+            config_file=config.path,
+        ),
+        "warehouse": WarehouseResource(
+            url=warehouse.url if warehouse else "",
+            schema_name=warehouse.schema_name if warehouse else "public",
+            staging_url=warehouse.staging_url if warehouse else "",
+            iam_role=warehouse.iam_role if warehouse else "",
+            region=warehouse.region if warehouse else "${AWS_DEFAULT_REGION:-us-east-1}",
+            config_file=config.path,
+        ),
+    }
+
+
+def build_definitions(config: ProjectConfig) -> dg.Definitions:
+    """Every asset, check, job, schedule and sensor for `config`."""
+    assets: list[dg.AssetsDefinition] = [build_table_sizes_asset(config=config)]
+    for table in config.tables:
+        assets.append(build_source_asset(config=config, table=table))
+        if table.archive is not None:
+            assets.append(build_archive_asset(config=config, table=table))
+        if table.replica is not None:
+            assets.append(build_replica_asset(config=config, table=table))
+    return dg.Definitions(assets=assets, resources=build_resources(config))
+
+
+defs = build_definitions(load_config())

@@ -1,0 +1,630 @@
+"""The archive of one monthly partition: extract, stage, verify, purge, commit. No Dagster here.
+
+The order of operations is what makes it safe to delete production rows:
+
+1. **Lock** the table (MySQL named lock) so two runs never interleave.
+2. **Recover**: a staging manifest left `verified` by a crashed run is rolled forward (purge, then
+   commit); anything staged but never verified is discarded. Nothing in the queryable view is touched.
+3. **Extract** the half-open window with a server-side cursor into zstd Parquet parts under
+   `_staging/` (invisible to Athena/Spark/DuckDB), recording row counts and a primary-key digest.
+4. **Verify**: download every part, count rows and digest the keys; any mismatch, missing object or
+   store error stops the run before a single delete. The staging manifest becomes `verified`.
+5. **Purge** (unless `purge: false`): per part, read the keys and time values back from the store
+   (re-checking the digest), then delete in bounded batches, each its own short transaction, only the
+   rows whose time column still holds the archived value and (when the table has a replica) that the
+   replica already holds. Throttled on `Threads_running`, optional pause, optional deadline.
+6. **Commit**: publish into the queryable folder exactly the rows that left the source (a part whose
+   rows all left is copied server-side; otherwise rewritten without the kept rows and verified), write
+   the committed manifest, then remove staging.
+
+After a crash anywhere, re-running converges: every row ends in exactly one of the source or the
+queryable archive, and a committed partition is never overwritten or emptied.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from etl_assets.config import TableConfig
+from etl_assets.lib.digest import PkDigest, pk_digest
+from etl_assets.lib.layout import PartitionLayout
+from etl_assets.lib.manifest import Manifest, PartInfo
+from etl_assets.lib.schema import SourceTable
+from etl_assets.lib.typemap import arrow_schema
+from etl_assets.lib.windows import Window, check_archive_eligible
+from etl_assets.resources.source import SourceClient, throttle
+from etl_assets.resources.store import ObjectStore, StoreError
+
+Log = Callable[[str], None]
+
+
+class ArchiveError(RuntimeError):
+    """The archive stopped before deleting anything it could not prove was archived."""
+
+
+class ReplicaGuard(Protocol):
+    """Tells which archived keys the warehouse replica already holds (invariant: replica first)."""
+
+    def present(self, keys: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        """The subset of `keys` present in the replica."""
+        ...
+
+
+@dataclass
+class ArchiveReport:
+    """What a partition run did; becomes the materialization's metadata."""
+
+    table: str
+    partition: str
+    window: Window
+    run_id: str
+    rows_extracted: int = 0
+    rows_purged: int = 0
+    rows_committed: int = 0
+    rows_kept_changed: int = 0
+    rows_kept_not_in_replica: int = 0
+    rows_kept_deadline: int = 0
+    null_time_rows: int = 0
+    zero_dates_nulled: int = 0
+    bytes_written: int = 0
+    parts: list[str] = field(default_factory=list)
+    manifest: str = ""
+    recovered_runs: list[str] = field(default_factory=list)
+    discarded_staging: int = 0
+    extract_seconds: float = 0.0
+    verify_seconds: float = 0.0
+    purge_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    longest_delete_seconds: float = 0.0
+    seconds: float = 0.0
+    committed_rows_in_partition: int = 0
+    message: str = ""
+
+    @property
+    def rows_per_second(self) -> float:
+        """Rows extracted per second of the whole run."""
+        return self.rows_extracted / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """Logs rows done, rate and ETA at most every few seconds."""
+
+    def __init__(self, log: Log, what: str, total: int | None, every_seconds: float = 5.0) -> None:
+        self.log, self.what, self.total, self.every = log, what, total, every_seconds
+        self.started = time.monotonic()
+        self.last = self.started
+        self.done = 0
+
+    def add(self, rows: int) -> None:
+        """Count `rows` more and log if it is time."""
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.log(self.line())
+
+    def line(self) -> str:
+        """The current progress line."""
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.what}: {self.done:,} rows ({rate:,.0f} rows/s"
+        if self.total:
+            remaining = max(self.total - self.done, 0)
+            eta = remaining / rate if rate else 0
+            text += f", {100 * self.done / self.total:.0f}% of {self.total:,}, ETA {eta:.0f}s"
+        return text + ")"
+
+
+def _keys_of(table: pa.Table | pa.RecordBatch, primary_key: Sequence[str]) -> list[tuple[Any, ...]]:
+    columns = [table.column(name).to_pylist() for name in primary_key]
+    return list(zip(*columns, strict=True))
+
+
+class ArchiveJob:
+    """Archive one monthly partition of one table."""
+
+    def __init__(
+        self,
+        *,
+        source: SourceClient,
+        store: ObjectStore,
+        table: TableConfig,
+        source_table: SourceTable,
+        partition_key: str,
+        window: Window,
+        run_id: str,
+        now: datetime,
+        log: Log,
+        replica_guard: ReplicaGuard | None = None,
+        lock_timeout_seconds: float = 0,
+    ) -> None:
+        if table.archive is None:
+            raise ArchiveError(f"table '{table.name}' has no archive block in the config")
+        if not source_table.primary_key:
+            raise ArchiveError(
+                f"table '{table.name}' has no primary key in the source; the archive deletes rows by key, so set "
+                f"tables[].primary_key in the config to a unique, NOT NULL column list"
+            )
+        self.source = source
+        self.store = store
+        self.table = table
+        self.settings = table.archive
+        self.source_table = source_table
+        self.primary_key = list(source_table.primary_key)
+        self.time_column = table.time_column
+        self.partition_key = partition_key
+        self.window = window
+        self.run_id = run_id
+        self.now = now
+        self.log = log
+        self.replica_guard = replica_guard
+        self.lock_timeout_seconds = lock_timeout_seconds
+        self.layout = PartitionLayout(prefix="", table=table.name, month=window.start)
+        self.schema = arrow_schema(source_table)
+        self.report = ArchiveReport(table=table.name, partition=partition_key, window=window, run_id=run_id)
+        source_table.column(
+            self.time_column
+        )  # fails early, naming the columns, when the time column is wrong
+
+    # -- entry point ---------------------------------------------------------------------------------------
+
+    def run(self) -> ArchiveReport:
+        """Do the whole partition; raises before any delete when anything cannot be proven."""
+        started = time.monotonic()
+        try:
+            check_archive_eligible(self.window, self.settings.retention_period, self.now)
+        except ValueError as exc:
+            raise ArchiveError(f"table '{self.table.name}': {exc}") from None
+        with self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds):
+            self._recover()
+            committed = self._committed_manifests()
+            if not self.settings.purge and committed:
+                self.report.message = (
+                    f"partition {self.partition_key} is already archived by run(s) "
+                    f"{', '.join(m.run_id for m in committed)} and purge is off; nothing to do"
+                )
+            else:
+                staged = self._extract()
+                if staged is None:
+                    self.report.message = self.report.message or "no rows to archive in this window"
+                else:
+                    self._finish(self._verify(staged))
+            self.report.null_time_rows = self.source.count_null_time(self.source_table, self.time_column)
+            self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
+        self.report.seconds = time.monotonic() - started
+        return self.report
+
+    # -- recovery ------------------------------------------------------------------------------------------
+
+    def _staging_manifests(self) -> list[tuple[str, Manifest | None]]:
+        found: list[tuple[str, Manifest | None]] = []
+        keys = self.store.list(self.layout.staging_folder)
+        run_ids = {PartitionLayout.run_id_of_manifest(k) for k in keys} - {None}
+        part_runs = {k.rsplit("/", 1)[-1].rsplit("-", 1)[0] for k in keys if k.endswith(".parquet")}
+        for run_id in sorted(run_ids | part_runs):
+            assert run_id is not None
+            key = self.layout.manifest_key(run_id, staging=True)
+            manifest = Manifest.from_json(self.store.get_bytes(key)) if run_id in run_ids else None
+            found.append((run_id, manifest))
+        return found
+
+    def _committed_manifests(self) -> list[Manifest]:
+        manifests = []
+        for key in self.store.list(self.layout.folder):
+            if key.startswith(self.layout.staging_folder):
+                continue
+            if PartitionLayout.run_id_of_manifest(key) is not None:
+                manifests.append(Manifest.from_json(self.store.get_bytes(key)))
+        return [m for m in manifests if m.state == "committed"]
+
+    def _recover(self) -> None:
+        committed_runs = {m.run_id for m in self._committed_manifests()}
+        for run_id, manifest in self._staging_manifests():
+            if run_id in committed_runs:
+                self.log(f"run {run_id} committed but did not clean up its staging; removing it")
+                self._remove_staging(run_id)
+            elif manifest is not None and manifest.state == "verified":
+                self.log(
+                    f"rolling forward run {run_id}: its {manifest.rows:,} rows were verified in the store"
+                )
+                self.report.recovered_runs.append(run_id)
+                self._finish(manifest)
+            else:
+                self.log(f"discarding unverified staging of run {run_id} (nothing was deleted by it)")
+                self.report.discarded_staging += 1
+                self._remove_staging(run_id)
+
+    def _remove_staging(self, run_id: str) -> None:
+        keys = [
+            k
+            for k in self.store.list(self.layout.staging_folder)
+            if k.rsplit("/", 1)[-1].startswith(f"{run_id}-")
+            or k.rsplit("/", 1)[-1] == f"{run_id}.manifest.json"
+        ]
+        undeleted = self.store.delete(keys)
+        if undeleted:
+            # Under a bucket-default Object Lock staging may be undeletable; it stays outside the queryable view.
+            self.log(
+                f"{len(undeleted)} staging object(s) could not be removed (retention?); they are never queried"
+            )
+
+    # -- extract -------------------------------------------------------------------------------------------
+
+    def _manifest(self, state: Any, parts: list[PartInfo], digest: PkDigest) -> Manifest:
+        return Manifest(
+            table=self.table.name,
+            partition=self.partition_key,
+            run_id=self.run_id,
+            window_start=self.window.start.isoformat(),
+            window_end=self.window.end.isoformat(),
+            time_column=self.time_column,
+            primary_key=self.primary_key,
+            state=state,
+            parts=parts,
+            rows=digest.count,
+            pk_digest=str(digest),
+            columns=[c.to_dict() for c in self.source_table.columns],
+            source={"database": self.source.label, "table": self.table.name},
+            created_at=self.now.isoformat(),
+        )
+
+    def _extract(self) -> Manifest | None:
+        started = time.monotonic()
+        expected = self.source.count_window(self.source_table, self.time_column, self.window)
+        if expected == 0:
+            return None
+        self.log(f"extracting ~{expected:,} rows of '{self.table.name}' in {self.window.label()}")
+        batches, converter = self.source.stream_window(
+            self.source_table,
+            schema=self.schema,
+            time_column=self.time_column,
+            window=self.window,
+            chunk_rows=self.settings.chunk_rows,
+        )
+        progress = Progress(self.log, "extracted", expected)
+        parts: list[PartInfo] = []
+        total = PkDigest()
+        with tempfile.TemporaryDirectory(prefix="etl-archive-") as tmp:
+            writer: pq.ParquetWriter | None = None
+            part_rows = 0
+            part_digest = PkDigest()
+            part_bounds: list[Any] = [None, None]
+            path = Path(tmp) / "part.parquet"
+
+            def close_part() -> None:
+                nonlocal writer, part_rows, part_digest, part_bounds
+                if writer is None:
+                    return
+                writer.close()
+                key = self.layout.part_key(self.run_id, len(parts), staging=True)
+                stored = self.store.put_file(key, path, lock=False)
+                parts.append(PartInfo(key=key, rows=part_rows, bytes=stored.size, pk_digest=str(part_digest),
+                                      sha256=stored.sha256, min_pk=part_bounds[0], max_pk=part_bounds[1]))  # fmt: skip
+                self.report.bytes_written += stored.size
+                writer, part_rows, part_digest, part_bounds = None, 0, PkDigest(), [None, None]
+
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                if writer is None:
+                    writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_statistics=True)
+                writer.write_batch(batch)
+                digest = pk_digest([batch.column(n) for n in self.primary_key])
+                part_digest, total = part_digest + digest, total + digest
+                part_rows += batch.num_rows
+                if len(self.primary_key) == 1:
+                    bounds = pc.min_max(batch.column(self.primary_key[0]))
+                    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+                    part_bounds = [
+                        low if part_bounds[0] is None else min(part_bounds[0], low),
+                        high if part_bounds[1] is None else max(part_bounds[1], high),
+                    ]
+                progress.add(batch.num_rows)
+                if part_rows >= self.settings.part_rows:
+                    close_part()
+            close_part()
+        self.report.zero_dates_nulled += converter.invalid_dates
+        self.report.rows_extracted += total.count
+        self.report.extract_seconds += time.monotonic() - started
+        if total.count == 0:
+            return None
+        self.log(progress.line() + f"; staged {len(parts)} part(s), {self.report.bytes_written:,} bytes")
+        manifest = self._manifest("extracted", parts, total)
+        self.store.put_bytes(
+            self.layout.manifest_key(self.run_id, staging=True), manifest.to_json(), lock=False
+        )
+        return manifest
+
+    # -- verify --------------------------------------------------------------------------------------------
+
+    def _read_part(self, key: str, columns: list[str], tmp: Path) -> pa.Table:
+        local = tmp / key.rsplit("/", 1)[-1]
+        self.store.download(key, local)
+        try:
+            return pq.read_table(local, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ArchiveError(f"part {self.store.url(key)} cannot be read back as Parquet: {exc}") from None
+        finally:
+            local.unlink(missing_ok=True)
+
+    def _check_part(self, part: PartInfo, table: pa.Table) -> None:
+        digest = pk_digest([table.column(n) for n in self.primary_key])
+        if table.num_rows != part.rows or str(digest) != part.pk_digest:
+            raise ArchiveError(
+                f"part {self.store.url(part.key)} does not match what was extracted: {table.num_rows:,} rows "
+                f"(expected {part.rows:,}), key digest {digest} (expected {part.pk_digest}); nothing was deleted"
+            )
+
+    def _verify(self, manifest: Manifest) -> Manifest:
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="etl-verify-") as tmp:
+            for part in manifest.parts:
+                try:
+                    table = self._read_part(part.key, self.primary_key, Path(tmp))
+                except StoreError as exc:
+                    raise ArchiveError(f"verification failed, nothing was deleted: {exc}") from None
+                self._check_part(part, table)
+        verified = manifest.with_state("verified")
+        self.store.put_bytes(
+            self.layout.manifest_key(manifest.run_id, staging=True), verified.to_json(), lock=False
+        )
+        self.report.verify_seconds += time.monotonic() - started
+        self.log(
+            f"verified {len(manifest.parts)} part(s), {manifest.rows:,} rows, key digest {manifest.pk_digest}"
+        )
+        return verified
+
+    # -- purge + commit ------------------------------------------------------------------------------------
+
+    def _finish(self, manifest: Manifest) -> None:
+        kept: dict[str, set[tuple[Any, ...]]] = {}
+        if self.settings.purge:
+            kept = self._purge(manifest)
+        self._commit(manifest, kept)
+
+    def _purge(self, manifest: Manifest) -> dict[str, set[tuple[Any, ...]]]:
+        started = time.monotonic()
+        deadline = started + self.settings.max_run_seconds if self.settings.max_run_seconds else None
+        kept: dict[str, set[tuple[Any, ...]]] = {}
+        progress = Progress(self.log, "purged", manifest.rows)
+        stopped = False
+        with tempfile.TemporaryDirectory(prefix="etl-purge-") as tmp:
+            for part in manifest.parts:
+                # Re-read from the store: the purge trusts only what it can read back itself.
+                table = self._read_part(part.key, [*self.primary_key, self.time_column], Path(tmp))
+                self._check_part(part, table)
+                keys = _keys_of(table, self.primary_key)
+                times = table.column(self.time_column).to_pylist()
+                part_kept: set[tuple[Any, ...]] = set()
+                for start in range(0, len(keys), self.settings.batch_size):
+                    batch_keys = keys[start : start + self.settings.batch_size]
+                    if stopped or (deadline is not None and time.monotonic() >= deadline):
+                        if not stopped:
+                            self.log(
+                                f"max_run_seconds={self.settings.max_run_seconds:g} reached; the rest stays"
+                            )
+                        stopped = True
+                        part_kept.update(batch_keys)
+                        self.report.rows_kept_deadline += len(batch_keys)
+                        continue
+                    if not throttle(self.source, max_threads_running=self.settings.max_threads_running,
+                                    deadline=deadline, log=self.log):  # fmt: skip
+                        stopped = True
+                        part_kept.update(batch_keys)
+                        self.report.rows_kept_deadline += len(batch_keys)
+                        continue
+                    eligible = batch_keys
+                    if self.replica_guard is not None:
+                        in_replica = self.replica_guard.present(batch_keys)
+                        missing = [k for k in batch_keys if k not in in_replica]
+                        if missing:
+                            part_kept.update(missing)
+                            self.report.rows_kept_not_in_replica += len(missing)
+                        eligible = [k for k in batch_keys if k in in_replica]
+                    if eligible:
+                        wanted = set(eligible)
+                        expected = {k: times[start + i] for i, k in enumerate(batch_keys) if k in wanted}
+                        outcome = self.source.delete_unchanged(
+                            self.source_table,
+                            primary_key=self.primary_key,
+                            time_column=self.time_column,
+                            expected=expected,
+                        )
+                        self.report.rows_purged += len(outcome.deleted)
+                        self.report.rows_kept_changed += len(outcome.changed)
+                        self.report.longest_delete_seconds = max(
+                            self.report.longest_delete_seconds, outcome.seconds
+                        )
+                        part_kept.update(outcome.changed)
+                    progress.add(len(batch_keys))
+                    if self.settings.pause_seconds:
+                        time.sleep(self.settings.pause_seconds)
+                kept[part.key] = part_kept
+        self.report.purge_seconds += time.monotonic() - started
+        self.log(
+            progress.line()
+            + f"; deleted {self.report.rows_purged:,}, kept {self.report.rows_kept_changed:,} changed since read, "
+            f"{self.report.rows_kept_not_in_replica:,} not yet in the replica; longest delete transaction "
+            f"{self.report.longest_delete_seconds:.3f}s"
+        )
+        return kept
+
+    def _commit(self, manifest: Manifest, kept: dict[str, set[tuple[Any, ...]]]) -> None:
+        started = time.monotonic()
+        committed_parts: list[PartInfo] = []
+        total = PkDigest()
+        with tempfile.TemporaryDirectory(prefix="etl-commit-") as tmp:
+            for index, part in enumerate(manifest.parts):
+                final_key = self.layout.part_key(manifest.run_id, index, staging=False)
+                keep = kept.get(part.key, set())
+                if not keep:
+                    stored = self.store.copy(part.key, final_key, lock=True)
+                    if stored.size != part.bytes:
+                        raise ArchiveError(
+                            f"copy of {self.store.url(part.key)} to {self.store.url(final_key)} has {stored.size} "
+                            f"bytes, expected {part.bytes}; re-run to retry the commit (the rows are safe in staging)"
+                        )
+                    info = PartInfo(key=final_key, rows=part.rows, bytes=stored.size, pk_digest=part.pk_digest,
+                                    sha256=stored.sha256, min_pk=part.min_pk, max_pk=part.max_pk)  # fmt: skip
+                else:
+                    info_or_none = self._rewrite_without(part, final_key, keep, Path(tmp))
+                    if info_or_none is None:
+                        continue
+                    info = info_or_none
+                committed_parts.append(info)
+                total = total + PkDigest.parse(info.pk_digest)
+        final = manifest.with_state(
+            "committed",
+            parts=committed_parts,
+            rows=total.count,
+            pk_digest=str(total),
+            committed_at=self.now.isoformat(),
+            counts={
+                "extracted": manifest.rows,
+                "purged_by_this_run": self.report.rows_purged,
+                "kept_changed": self.report.rows_kept_changed,
+                "kept_not_in_replica": self.report.rows_kept_not_in_replica,
+                "kept_deadline": self.report.rows_kept_deadline,
+                "zero_dates_nulled": self.report.zero_dates_nulled,
+            },
+        )
+        manifest_key = self.layout.manifest_key(manifest.run_id, staging=False)
+        if committed_parts:
+            self.store.put_bytes(manifest_key, final.to_json(), lock=True)
+            self.report.manifest = self.store.url(manifest_key)
+            self.report.parts.extend(self.store.url(p.key) for p in committed_parts)
+        self.report.rows_committed += total.count
+        self._remove_staging(manifest.run_id)
+        self.report.commit_seconds += time.monotonic() - started
+        self.log(f"committed {total.count:,} rows in {len(committed_parts)} part(s) of run {manifest.run_id}")
+
+    def _rewrite_without(
+        self, part: PartInfo, final_key: str, keep: set[tuple[Any, ...]], tmp: Path
+    ) -> PartInfo | None:
+        local = tmp / "source.parquet"
+        self.store.download(part.key, local)
+        table = pq.read_table(local)
+        self._check_part(part, table)
+        mask = [key not in keep for key in _keys_of(table, self.primary_key)]
+        filtered = table.filter(pa.array(mask, type=pa.bool_()))
+        if filtered.num_rows == 0:
+            return None
+        out = tmp / "filtered.parquet"
+        pq.write_table(filtered, out, compression="zstd")
+        digest = pk_digest([filtered.column(n) for n in self.primary_key])
+        stored = self.store.put_file(final_key, out, lock=True)
+        check = self._read_part(final_key, self.primary_key, tmp)
+        info = PartInfo(key=final_key, rows=filtered.num_rows, bytes=stored.size, pk_digest=str(digest),
+                        sha256=stored.sha256)  # fmt: skip
+        self._check_part(info, check)
+        return info
+
+
+def committed_manifests(store: ObjectStore, table: str, month: datetime) -> list[Manifest]:
+    """Committed manifests of one partition, oldest first."""
+    layout = PartitionLayout(prefix="", table=table, month=month)
+    manifests = [
+        Manifest.from_json(store.get_bytes(key))
+        for key in store.list(layout.folder)
+        if not key.startswith(layout.staging_folder) and PartitionLayout.run_id_of_manifest(key)
+    ]
+    return sorted((m for m in manifests if m.state == "committed"), key=lambda m: m.committed_at)
+
+
+@dataclass
+class RestoreReport:
+    """What `restore` did."""
+
+    parts: int = 0
+    rows_in_archive: int = 0
+    rows_restored: int = 0
+    rows_already_present: int = 0
+
+
+def restore_partition(
+    *,
+    source: SourceClient,
+    store: ObjectStore,
+    source_table: SourceTable,
+    table: str,
+    month: datetime,
+    log: Log,
+    batch_size: int = 5000,
+) -> RestoreReport:
+    """Put archived rows of a partition back into the source, skipping keys already present.
+
+    Every part is checked against its manifest (row count and key digest) before anything is inserted,
+    so a corrupted or truncated part is reported instead of half-restored.
+
+    Raises:
+        ArchiveError: no committed archive for the partition, or a part does not match its manifest.
+    """
+    manifests = committed_manifests(store, table, month)
+    if not manifests:
+        raise ArchiveError(
+            f"no committed archive for table '{table}' partition {month:%Y-%m-%d}; nothing to restore"
+        )
+    primary_key = list(source_table.primary_key or manifests[0].primary_key)
+    report = RestoreReport()
+    with tempfile.TemporaryDirectory(prefix="etl-restore-") as tmp:
+        tables: list[pa.Table] = []
+        for manifest in manifests:
+            for part in manifest.parts:
+                local = Path(tmp) / f"{len(tables)}.parquet"
+                store.download(part.key, local)
+                try:
+                    data = pq.read_table(local)
+                except (pa.ArrowInvalid, OSError) as exc:
+                    raise ArchiveError(f"part {store.url(part.key)} is not readable Parquet: {exc}") from None
+                digest = pk_digest([data.column(n) for n in primary_key])
+                if data.num_rows != part.rows or str(digest) != part.pk_digest:
+                    raise ArchiveError(
+                        f"part {store.url(part.key)} does not match manifest {manifest.run_id}: {data.num_rows} rows, "
+                        f"digest {digest} (expected {part.rows} rows, {part.pk_digest}); nothing was restored"
+                    )
+                tables.append(data)
+        for data in tables:
+            report.parts += 1
+            report.rows_in_archive += data.num_rows
+            columns = [n for n in data.column_names if source_table.has_column(n)]
+            for batch in data.select(columns).to_batches(max_chunksize=batch_size):
+                rows = [_to_source_values(row) for row in batch.to_pylist()]
+                keys = [tuple(row[c] for c in primary_key) for row in rows]
+                present = source.existing_keys(source_table.name, primary_key, keys)
+                missing = [row for row, key in zip(rows, keys, strict=True) if key not in present]
+                report.rows_restored += source.insert_rows(source_table.name, columns, missing)
+                report.rows_already_present += len(rows) - len(missing)
+            log(
+                f"restored {report.rows_restored:,} rows so far ({report.rows_already_present:,} already present)"
+            )
+    return report
+
+
+def _to_source_values(row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)  # the session runs in UTC
+        out[name] = value
+    return out
+
+
+def plan_partitions(
+    *,
+    source: SourceClient,
+    source_table: SourceTable,
+    time_column: str,
+    windows: Iterable[tuple[str, Window]],
+) -> list[tuple[str, int]]:
+    """Rows each partition would archive (and purge): index range counts only, nothing is touched."""
+    return [(key, source.count_window(source_table, time_column, window)) for key, window in windows]

@@ -1,0 +1,1 @@
+"""Dagster resources: connections to the source, the archive store, the warehouse and alerts."""

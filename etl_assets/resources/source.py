@@ -1,0 +1,620 @@
+"""The source database: MySQL/MariaDB through SQLAlchemy + PyMySQL (SQLite for the embedded demo).
+
+`SourceDatabase` is the Dagster resource (configuration only); `SourceClient` holds the engine and
+does the I/O: reflection from information_schema, streaming reads with a server-side cursor, the
+per-table run lock, bounded delete batches and the load throttle. Every statement is built with
+SQLAlchemy constructs, so table and column names are always quoted by the dialect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pyarrow as pa
+import sqlalchemy as sa
+from pydantic import Field
+
+from etl_assets.lib.convert import RowsToArrow, converter_for
+from etl_assets.lib.schema import SourceColumn, SourceTable
+from etl_assets.lib.windows import Window
+from etl_assets.resources.settings import resolve_setting
+
+
+class SourceError(RuntimeError):
+    """The source refused or failed an operation; the message says which table and what to do."""
+
+
+class LockBusyError(SourceError):
+    """Another run holds the lock for this table."""
+
+
+_SQLITE_TYPE = re.compile(
+    r"^\s*(?P<base>[A-Za-z ]+?)\s*(\((?P<args>[^)]*)\))?\s*(?P<unsigned>unsigned)?\s*$", re.I
+)
+_SQLITE_ALIASES = {"integer": "bigint", "int": "int", "real": "double", "numeric": "decimal", "boolean": "tinyint",
+                   "string": "varchar", "": "text", "float": "double", "double precision": "double"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TableSize:
+    """One row of the "what uses the most space" report."""
+
+    name: str
+    rows: int
+    data_bytes: int
+    index_bytes: int
+    free_bytes: int
+    time_columns: tuple[str, ...]
+
+    @property
+    def total_bytes(self) -> int:
+        """Data plus indexes."""
+        return self.data_bytes + self.index_bytes
+
+
+@dataclass
+class PurgeOutcome:
+    """What one delete batch did."""
+
+    deleted: list[tuple[Any, ...]]
+    changed: list[tuple[Any, ...]]
+    missing: int
+    seconds: float
+
+
+class SourceClient:
+    """Connections and statements against one source database."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self.url = sa.make_url(url)
+        except sa.exc.ArgumentError:
+            raise SourceError(
+                "source.url is not a SQLAlchemy URL; use mysql+pymysql://user:password@host:3306/database"
+            ) from None
+        backend = self.url.get_backend_name()
+        if backend in ("mysql", "mariadb"):
+            self.dialect = "mysql"
+            # The session runs in UTC so TIMESTAMP columns come back unshifted, and in utf8mb4 so
+            # 4-byte characters survive.
+            self.engine = sa.create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_recycle=1800,
+                connect_args={"init_command": "SET time_zone = '+00:00'", "charset": "utf8mb4"},
+            )
+        elif backend == "sqlite":
+            self.dialect = "sqlite"
+            self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})
+        else:
+            raise SourceError(
+                f"source.url uses '{backend}', which etl-assets cannot read yet; use mysql+pymysql:// (or sqlite:// "
+                "for the demo)"
+            )
+        self._tables: dict[tuple[str, tuple[str, ...]], sa.Table] = {}
+
+    # -- identity ------------------------------------------------------------------------------------------
+
+    @property
+    def label(self) -> str:
+        """Host, port and database without credentials, for metadata and manifests."""
+        if self.dialect == "sqlite":
+            return f"sqlite:{Path(self.url.database or '').name}"
+        return f"{self.url.host}:{self.url.port or 3306}/{self.url.database}"
+
+    @property
+    def database(self) -> str:
+        """The database (schema) name."""
+        return self.url.database or ""
+
+    def dispose(self) -> None:
+        """Close pooled connections."""
+        self.engine.dispose()
+
+    # -- reflection ----------------------------------------------------------------------------------------
+
+    def table_exists(self, name: str) -> bool:
+        """True when the table exists in the source."""
+        return sa.inspect(self.engine).has_table(name)
+
+    def reflect(self, name: str, *, primary_key: Sequence[str] | None = None) -> SourceTable:
+        """The table as the source describes it (information_schema on MySQL).
+
+        Raises:
+            SourceError: the table does not exist.
+        """
+        table = self._reflect_mysql(name) if self.dialect == "mysql" else self._reflect_sqlite(name)
+        if primary_key:
+            for column in primary_key:
+                table.column(column)
+            table = SourceTable(
+                name=table.name,
+                columns=table.columns,
+                primary_key=tuple(primary_key),
+                schema=table.schema,
+                indexed_columns=table.indexed_columns,
+            )
+        return table
+
+    def _reflect_mysql(self, name: str) -> SourceTable:
+        columns_sql = sa.text(
+            "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT, CHARACTER_MAXIMUM_LENGTH, "
+            "NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION, CHARACTER_SET_NAME, EXTRA "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t "
+            "ORDER BY ORDINAL_POSITION"
+        )
+        index_sql = sa.text(
+            "SELECT INDEX_NAME, COLUMN_NAME, SEQ_IN_INDEX FROM information_schema.STATISTICS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t ORDER BY INDEX_NAME, SEQ_IN_INDEX"
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execute(columns_sql, {"t": name}).all()
+            if not rows:
+                raise SourceError(
+                    f"table '{name}' does not exist in source database '{self.database}'; check tables[].name "
+                    "or create the table"
+                )
+            indexes = conn.execute(index_sql, {"t": name}).all()
+            json_columns = self._mariadb_json_columns(conn, name)
+        columns = []
+        for row in rows:
+            data_type = str(row[1]).lower()
+            if data_type == "longtext" and row[0] in json_columns:
+                data_type = "json"
+            columns.append(
+                SourceColumn(
+                    name=row[0],
+                    data_type=data_type,
+                    column_type=str(row[2]).lower()
+                    if data_type not in ("enum", "set")
+                    else _lower_type(str(row[2])),
+                    nullable=row[3] == "YES",
+                    default=None if row[4] is None else str(row[4]),
+                    char_max_length=None if row[5] is None else int(row[5]),
+                    numeric_precision=None if row[6] is None else int(row[6]),
+                    numeric_scale=None if row[7] is None else int(row[7]),
+                    datetime_precision=None if row[8] is None else int(row[8]),
+                    charset=row[9],
+                    extra=str(row[10] or "").lower(),
+                )
+            )
+        primary = tuple(r[1] for r in indexes if r[0] == "PRIMARY")
+        indexed = tuple(dict.fromkeys(r[1] for r in indexes if int(r[2]) == 1))
+        return SourceTable(name=name, columns=tuple(columns), primary_key=primary, schema=self.database,
+                           indexed_columns=indexed)  # fmt: skip
+
+    @staticmethod
+    def _mariadb_json_columns(conn: sa.Connection, name: str) -> set[str]:
+        # MariaDB stores JSON as LONGTEXT plus CHECK (json_valid(`col`)); MySQL 8 reports `json` itself.
+        try:
+            clauses = conn.execute(
+                sa.text(
+                    "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                    "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                ),
+                {"t": name},
+            ).scalars()
+        except sa.exc.DBAPIError:
+            return set()
+        found: set[str] = set()
+        for clause in clauses:
+            match = re.match(r"^\s*json_valid\(`((?:[^`]|``)+)`\)\s*$", str(clause), re.I)
+            if match:
+                found.add(match.group(1).replace("``", "`"))
+        return found
+
+    def _reflect_sqlite(self, name: str) -> SourceTable:
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(name):
+            raise SourceError(
+                f"table '{name}' does not exist in the demo database; run `etl-assets demo` to create it"
+            )
+        columns = []
+        with self.engine.connect() as conn:
+            info = conn.exec_driver_sql(f"PRAGMA table_info({_sqlite_quote(name)})").all()
+        for _, col_name, declared, notnull, default, pk in info:
+            columns.append(_sqlite_column(col_name, str(declared or ""), bool(notnull) or bool(pk), default))
+        pk_info = inspector.get_pk_constraint(name)
+        indexed = [ix["column_names"][0] for ix in inspector.get_indexes(name) if ix["column_names"]]
+        return SourceTable(
+            name=name,
+            columns=tuple(columns),
+            primary_key=tuple(pk_info.get("constrained_columns") or ()),
+            schema=None,
+            indexed_columns=tuple(dict.fromkeys([*pk_info.get("constrained_columns", [])[:1], *indexed])),
+        )
+
+    def table_sizes(self) -> list[TableSize]:
+        """Tables with rows, data, index and free bytes, largest first (information_schema estimates)."""
+        if self.dialect == "mysql":
+            sizes_sql = sa.text(
+                "SELECT TABLE_NAME, COALESCE(TABLE_ROWS, 0), COALESCE(DATA_LENGTH, 0), COALESCE(INDEX_LENGTH, 0), "
+                "COALESCE(DATA_FREE, 0) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                "AND TABLE_TYPE = 'BASE TABLE'"
+            )
+            time_sql = sa.text(
+                "SELECT TABLE_NAME, COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() "
+                "AND DATA_TYPE IN ('datetime', 'timestamp', 'date') ORDER BY ORDINAL_POSITION"
+            )
+            with self.engine.connect() as conn:
+                raw = conn.execute(sizes_sql).all()
+                time_columns: dict[str, list[str]] = {}
+                for table, column in conn.execute(time_sql).all():
+                    time_columns.setdefault(table, []).append(column)
+            sizes = [
+                TableSize(r[0], int(r[1]), int(r[2]), int(r[3]), int(r[4]), tuple(time_columns.get(r[0], ())))
+                for r in raw
+            ]
+        else:
+            sizes = []
+            for name in sa.inspect(self.engine).get_table_names():
+                table = self._reflect_sqlite(name)
+                with self.engine.connect() as conn:
+                    rows = conn.execute(
+                        sa.select(sa.func.count()).select_from(self._table(name, []))
+                    ).scalar_one()
+                    data, index = self._sqlite_bytes(conn, name)
+                times = tuple(
+                    c.name for c in table.columns if c.data_type in ("datetime", "timestamp", "date")
+                )
+                sizes.append(TableSize(name, int(rows), data, index, 0, times))
+        return sorted(sizes, key=lambda s: (-s.total_bytes, -s.rows, s.name))
+
+    @staticmethod
+    def _sqlite_bytes(conn: sa.Connection, name: str) -> tuple[int, int]:
+        try:
+            rows = conn.exec_driver_sql(
+                "SELECT name, SUM(pgsize) FROM dbstat WHERE name = ? OR name IN "
+                "(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?) GROUP BY name",
+                (name, name),
+            ).all()
+        except sa.exc.DBAPIError:
+            return 0, 0
+        data = sum(int(size) for obj, size in rows if obj == name)
+        return data, sum(int(size) for obj, size in rows if obj != name)
+
+    # -- statements ----------------------------------------------------------------------------------------
+
+    def _table(self, name: str, columns: Sequence[str]) -> sa.Table:
+        key = (name, tuple(columns))
+        if key not in self._tables:
+            self._tables[key] = sa.Table(name, sa.MetaData(), *(sa.Column(c) for c in columns))
+        return self._tables[key]
+
+    def _bound(self, column: SourceColumn | None, moment: datetime) -> Any:
+        naive = moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+        if self.dialect == "sqlite":
+            # The demo stores times as ISO text; whole-second bounds compare correctly as text.
+            return (
+                naive.date().isoformat()
+                if column and column.data_type == "date"
+                else f"{naive:%Y-%m-%d %H:%M:%S}"
+            )
+        return naive.date() if column and column.data_type == "date" else naive
+
+    def _window_filter(self, table: sa.Table, source: SourceTable, time_column: str, window: Window) -> Any:
+        column = source.column(time_column)
+        tc = table.c[time_column]
+        return sa.and_(tc >= self._bound(column, window.start), tc < self._bound(column, window.end))
+
+    def count_window(self, source: SourceTable, time_column: str, window: Window) -> int:
+        """Rows whose time column falls in `window` (an index range count)."""
+        table = self._table(source.name, [time_column])
+        stmt = (
+            sa.select(sa.func.count())
+            .select_from(table)
+            .where(self._window_filter(table, source, time_column, window))
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def count_null_time(self, source: SourceTable, time_column: str) -> int:
+        """Rows whose time column is NULL: never archived, always reported."""
+        table = self._table(source.name, [time_column])
+        stmt = sa.select(sa.func.count()).select_from(table).where(table.c[time_column].is_(None))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def time_range(self, source: SourceTable, time_column: str) -> tuple[datetime | None, datetime | None]:
+        """Oldest and newest time-column values (two index lookups on an indexed column)."""
+        table = self._table(source.name, [time_column])
+        tc = table.c[time_column]
+        convert = converter_for(source.column(time_column))
+        with self.engine.connect() as conn:
+            oldest = conn.execute(sa.select(sa.func.min(tc))).scalar()
+            newest = conn.execute(sa.select(sa.func.max(tc))).scalar()
+        values, _ = convert([oldest, newest])
+        return tuple(_as_datetime(v) for v in values)  # type: ignore[return-value]
+
+    def max_time(self, source: SourceTable, time_column: str) -> datetime | None:
+        """Newest time-column value: the cheap "anything new?" probe used by sensors."""
+        table = self._table(source.name, [time_column])
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(table.c[time_column]))).scalar()
+        converted, _ = converter_for(source.column(time_column))([value])
+        return _as_datetime(converted[0])
+
+    def row_count(self, name: str) -> int:
+        """Exact row count."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self._table(name, []))).scalar_one()
+            )
+
+    def stream_window(
+        self,
+        source: SourceTable,
+        *,
+        schema: pa.Schema,
+        time_column: str,
+        window: Window,
+        chunk_rows: int,
+    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+        """Rows of `window` as Arrow batches of at most `chunk_rows`, read with a server-side cursor.
+
+        Memory stays bounded by `chunk_rows` whatever the window holds. Returns the iterator and the
+        converter, whose counters report zero dates turned into NULL.
+        """
+        table = self._table(source.name, source.column_names)
+        return self._stream(
+            source, schema, chunk_rows, self._window_filter(table, source, time_column, window)
+        )
+
+    def stream_all(
+        self, source: SourceTable, *, schema: pa.Schema, chunk_rows: int
+    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+        """Every row of the table as Arrow batches (server-side cursor, bounded memory)."""
+        return self._stream(source, schema, chunk_rows, None)
+
+    def _stream(
+        self, source: SourceTable, schema: pa.Schema, chunk_rows: int, where: Any
+    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+        names = source.column_names
+        table = self._table(source.name, names)
+        stmt = sa.select(*(table.c[n] for n in names))
+        if where is not None:
+            stmt = stmt.where(where)
+        converter = RowsToArrow(source.columns, schema)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            with self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(stmt)
+                try:
+                    while rows := result.fetchmany(chunk_rows):
+                        yield converter.convert(rows)
+                finally:
+                    result.close()
+
+        return batches(), converter
+
+    # -- locking -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, table: str, purpose: str, *, timeout_seconds: float = 0) -> Iterator[None]:
+        """Hold the lock `<purpose>` for `table` for the duration of the block.
+
+        MySQL: a named lock (GET_LOCK) on a dedicated connection; it dies with the connection, so a
+        killed run never leaves a stale lock. SQLite: an exclusive flock on a file beside the database.
+
+        Raises:
+            LockBusyError: another run holds it and `timeout_seconds` passed.
+        """
+        lock_name = f"etl_assets:{purpose}:{self.database}.{table}"
+        if len(lock_name) > 64:
+            lock_name = "etl_assets:" + hashlib.sha256(lock_name.encode()).hexdigest()[:40]
+        busy = (
+            f"another run is already doing '{purpose}' for table '{table}' (lock {lock_name}); this run waited "
+            f"{timeout_seconds:g}s. Let that run finish, or check the Dagster UI for a stuck run"
+        )
+        if self.dialect == "mysql":
+            with self.engine.connect() as conn:
+                got = conn.execute(
+                    sa.text("SELECT GET_LOCK(:n, :t)"), {"n": lock_name, "t": timeout_seconds}
+                ).scalar()
+                conn.commit()
+                if got != 1:
+                    raise LockBusyError(busy)
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(sa.exc.DBAPIError):
+                        conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
+            return
+        path = Path(f"{self.url.database}.{hashlib.sha256(lock_name.encode()).hexdigest()[:16]}.lock")
+        with path.open("a") as handle:
+            deadline = time.monotonic() + timeout_seconds
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockBusyError(busy) from None
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- purge ---------------------------------------------------------------------------------------------
+
+    def threads_running(self) -> int | None:
+        """MySQL `Threads_running` (None for SQLite)."""
+        if self.dialect != "mysql":
+            return None
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text("SHOW GLOBAL STATUS LIKE 'Threads_running'")).first()
+        return int(row[1]) if row else None
+
+    def _key_filter(
+        self, table: sa.Table, primary_key: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> Any:
+        if len(primary_key) == 1:
+            return table.c[primary_key[0]].in_([k[0] for k in keys])
+        # OR of ANDs rather than a row-constructor IN: both MySQL and MariaDB plan it as PK range lookups.
+        return sa.or_(
+            *(sa.and_(*(table.c[c] == v for c, v in zip(primary_key, k, strict=True))) for k in keys)
+        )
+
+    def delete_unchanged(
+        self,
+        source: SourceTable,
+        *,
+        primary_key: Sequence[str],
+        time_column: str,
+        expected: dict[tuple[Any, ...], Any],
+    ) -> PurgeOutcome:
+        """Delete the rows in `expected` whose time column still has the archived value; one transaction.
+
+        The rows are locked first (SELECT ... FOR UPDATE by primary key), compared in Python with the
+        values that were archived, and only the unchanged ones are deleted. A row updated since it was
+        read keeps its new time value and stays in the source.
+        """
+        started = time.monotonic()
+        table = self._table(source.name, [*primary_key, time_column])
+        keys = list(expected)
+        convert = converter_for(source.column(time_column))
+        select = sa.select(*(table.c[c] for c in primary_key), table.c[time_column]).where(
+            self._key_filter(table, primary_key, keys)
+        )
+        if self.dialect == "mysql":
+            select = select.with_for_update()
+        with self.engine.begin() as conn:
+            if self.dialect == "sqlite":
+                conn.exec_driver_sql("SELECT 1")  # opens the transaction before reading
+            found = conn.execute(select).all()
+            times, _ = convert([row[-1] for row in found])
+            unchanged: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
+            for row, current in zip(found, times, strict=True):
+                key = tuple(row[:-1])
+                (unchanged if _same_time(current, expected.get(key)) else changed).append(key)
+            if unchanged:
+                deleted = conn.execute(
+                    sa.delete(table).where(self._key_filter(table, primary_key, unchanged))
+                ).rowcount
+                if deleted != len(unchanged):
+                    raise SourceError(
+                        f"table '{source.name}': expected to delete {len(unchanged)} locked rows but deleted {deleted}; "
+                        "the transaction was rolled back"
+                    )
+        return PurgeOutcome(unchanged, changed, len(keys) - len(found), time.monotonic() - started)
+
+    def existing_keys(
+        self, name: str, primary_key: Sequence[str], keys: Sequence[tuple[Any, ...]]
+    ) -> set[tuple[Any, ...]]:
+        """Which of `keys` are present in the source table."""
+        table = self._table(name, list(primary_key))
+        stmt = sa.select(*(table.c[c] for c in primary_key)).where(self._key_filter(table, primary_key, keys))
+        with self.engine.connect() as conn:
+            return {tuple(row) for row in conn.execute(stmt)}
+
+    def insert_rows(self, name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> int:
+        """Insert rows in one transaction (used by restore); returns the count inserted."""
+        if not rows:
+            return 0
+        table = self._table(name, list(columns))
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(table), list(rows))
+        return len(rows)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    if value is None or isinstance(value, datetime):
+        return value
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day)  # noqa: DTZ001 - DATETIME is naive by design
+    return None
+
+
+def _same_time(current: Any, archived: Any) -> bool:
+    """True when the time column still holds the value that was archived (both normalised to naive UTC)."""
+
+    def norm(value: Any) -> Any:
+        if isinstance(value, datetime) and value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    return current is not None and norm(current) == norm(archived)
+
+
+def _lower_type(column_type: str) -> str:
+    # Lowercase the type keyword but keep ENUM/SET labels exactly as declared.
+    head, sep, rest = column_type.partition("(")
+    return head.lower() + sep + rest
+
+
+def _sqlite_quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _sqlite_column(name: str, declared: str, not_null: bool, default: Any) -> SourceColumn:
+    match = _SQLITE_TYPE.match(declared) or _SQLITE_TYPE.match("text")
+    assert match is not None
+    base = match.group("base").strip().lower()
+    data_type = _SQLITE_ALIASES.get(base, base)
+    args = [int(a) for a in re.findall(r"\d+", match.group("args") or "")]
+    unsigned = " unsigned" if match.group("unsigned") else ""
+    column_type = f"{data_type}({','.join(map(str, args))}){unsigned}" if args else f"{data_type}{unsigned}"
+    return SourceColumn(
+        name=name,
+        data_type=data_type,
+        column_type=column_type,
+        nullable=not not_null,
+        default=None if default is None else str(default),
+        char_max_length=args[0] if args and data_type in ("varchar", "char", "binary", "varbinary") else None,
+        numeric_precision=args[0] if args and data_type == "decimal" else None,
+        numeric_scale=(args[1] if len(args) > 1 else 0) if data_type == "decimal" else None,
+    )
+
+
+class SourceDatabase(dg.ConfigurableResource):
+    """The MySQL database that is archived and replicated (SQLite for the embedded demo).
+
+    Example:
+        ```python
+        SourceDatabase(url="mysql+pymysql://etl:${DB_PASSWORD}@clinic.abc.rds.amazonaws.com:3306/clinic")
+        ```
+    """
+
+    url: str = Field(description="SQLAlchemy URL; ${VAR} templates are resolved when a run starts")
+    config_file: str = Field(default="", description="Config file the URL came from, for error messages")
+
+    def open(self) -> SourceClient:
+        """Resolve the URL and create the engine (connections open lazily)."""
+        return SourceClient(resolve_setting(self.config_file, "source.url", self.url))
+
+
+def throttle(
+    client: SourceClient,
+    *,
+    max_threads_running: int | None,
+    deadline: float | None,
+    log: Callable[[str], None],
+) -> bool:
+    """Wait while the server is busy; False when the run's deadline passed while waiting."""
+    if not max_threads_running:
+        return True
+    announced = False
+    while True:
+        running = client.threads_running()
+        if running is None or running <= max_threads_running:
+            return True
+        if not announced:
+            log(
+                f"throttling: Threads_running={running} > {max_threads_running}; waiting before the next delete batch"
+            )
+            announced = True
+        if deadline is not None and time.monotonic() >= deadline:
+            return False
+        time.sleep(1.0)

@@ -1,0 +1,256 @@
+"""The archive against real MariaDB and the local S3 endpoint: one test per invariant (design.md §5)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+import pytest
+import sqlalchemy as sa
+
+from etl_assets.engine.archive import ArchiveError, ArchiveJob, restore_partition
+from etl_assets.lib.windows import Window
+from etl_assets.resources.source import SourceClient
+from etl_assets.resources.store import open_store
+from etl_assets_tests.support import archived_keys, committed, config_for, seed_visits, source_keys
+
+pytestmark = pytest.mark.integration
+
+JAN_2023 = Window(datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 2, 1, tzinfo=UTC))
+TABLES = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 250, part_rows: 1000, chunk_rows: 500, max_threads_running: 500}
+"""
+
+
+def make_job(url: str, store: Any, *, window: Window = JAN_2023, tables: str = TABLES, guard: Any = None,
+             log: Any = None, now: datetime | None = None) -> ArchiveJob:  # fmt: skip
+    config = config_for(source_url=url, archive_url="s3://unused/archive", tables=tables)
+    table = config.tables[0]
+    client = SourceClient(url)
+    return ArchiveJob(
+        source=client,
+        store=store,
+        table=table,
+        source_table=client.reflect(table.name, primary_key=table.primary_key),
+        partition_key=f"{window.start:%Y-%m-%d}",
+        window=window,
+        run_id=uuid.uuid4().hex,
+        now=now or datetime.now(UTC),
+        log=log or (lambda message: None),
+        replica_guard=guard,
+    )
+
+
+@pytest.fixture
+def seeded(mysql_url: str) -> dict[str, Any]:
+    total = seed_visits(
+        mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2500, null_time_rows=7
+    )
+    return {"url": mysql_url, "total": total, "keys": source_keys(mysql_url)}
+
+
+@pytest.fixture
+def store(s3_bucket: str) -> Any:
+    return open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+
+
+def month_keys(url: str, window: Window) -> set[int]:
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id FROM visits WHERE updated_at >= :s AND updated_at < :e"),
+            {"s": window.start.replace(tzinfo=None), "e": window.end.replace(tzinfo=None)},
+        )
+        keys = {r[0] for r in rows}
+    engine.dispose()
+    return keys
+
+
+def test_archive_moves_exactly_the_window_and_accounts_for_every_row(
+    seeded: dict[str, Any], store: Any
+) -> None:
+    url = seeded["url"]
+    january = month_keys(url, JAN_2023)
+    report = make_job(url, store).run()
+
+    remaining = source_keys(url)
+    archived = archived_keys(store)
+    assert sorted(archived) == sorted(january), "the archive holds exactly January's rows, each once"
+    assert remaining.isdisjoint(archived)
+    assert remaining | set(archived) == seeded["keys"]
+    assert report.rows_extracted == report.rows_purged == report.rows_committed == len(january)
+    assert report.null_time_rows == 7
+    assert len(report.parts) == 3, "2,500 rows in parts of at most 1,000 rows"
+    manifests = committed(store)
+    assert len(manifests) == 1
+    assert manifests[0].rows == len(january) and manifests[0].window_start.startswith("2023-01-01")
+    assert not [k for k in store.list("visits") if "/_staging/" in k], "staging is cleaned up"
+
+
+def test_boundary_row_at_midnight_lands_in_exactly_one_partition(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        midnight_feb = conn.execute(
+            sa.text("SELECT id FROM visits WHERE updated_at = '2023-02-01 00:00:00'")
+        ).scalar_one()
+    engine.dispose()
+    make_job(url, store).run()
+    assert midnight_feb in source_keys(url), "2023-02-01 00:00 belongs to February, not January"
+    feb = Window(datetime(2023, 2, 1, tzinfo=UTC), datetime(2023, 3, 1, tzinfo=UTC))
+    make_job(url, store, window=feb).run()
+    archived = archived_keys(store)
+    assert archived.count(midnight_feb) == 1
+
+
+def test_window_inside_retention_is_refused_before_touching_anything(
+    seeded: dict[str, Any], store: Any
+) -> None:
+    url = seeded["url"]
+    job = make_job(url, store, now=datetime(2023, 6, 15, tzinfo=UTC))
+    with pytest.raises(ArchiveError, match=r"not eligible yet.*retention 1 year.*newest partition"):
+        job.run()
+    assert source_keys(url) == seeded["keys"]
+    assert store.list("visits") == []
+
+
+def test_rows_with_null_time_are_never_archived(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        nulls = {r[0] for r in conn.execute(sa.text("SELECT id FROM visits WHERE updated_at IS NULL"))}
+    engine.dispose()
+    for window in (JAN_2023, Window(datetime(2022, 12, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))):
+        make_job(url, store, window=window).run()
+    assert nulls <= source_keys(url)
+    assert nulls.isdisjoint(archived_keys(store))
+
+
+def test_row_updated_after_extraction_stays_in_source_and_out_of_the_archive(
+    seeded: dict[str, Any], store: Any
+) -> None:
+    url = seeded["url"]
+    victim = min(month_keys(url, JAN_2023))
+    engine = sa.create_engine(url)
+
+    def on_log(message: str) -> None:
+        # Between verification and purge: the application updates one archived row.
+        if message.startswith("verified"):
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text(
+                        "UPDATE visits SET notes = 'late edit', updated_at = '2023-01-20 10:00:00' WHERE id = :i"
+                    ),
+                    {"i": victim},
+                )
+
+    report = make_job(url, store, log=on_log).run()
+    engine.dispose()
+    assert victim in source_keys(url), "the updated row keeps its new version in the source"
+    assert victim not in archived_keys(store), "its stale copy is not published"
+    assert report.rows_kept_changed == 1
+    assert report.rows_committed == report.rows_purged == report.rows_extracted - 1
+
+
+def test_replica_guard_keeps_rows_the_replica_does_not_hold(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    january = sorted(month_keys(url, JAN_2023))
+    held = set(january[: len(january) // 2])
+
+    class HalfReplica:
+        def present(self, keys: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+            return {k for k in keys if k[0] in held}
+
+    report = make_job(url, store, guard=HalfReplica()).run()
+    assert set(archived_keys(store)) == held
+    assert set(january) - held <= source_keys(url)
+    assert report.rows_kept_not_in_replica == len(january) - len(held)
+
+
+def test_rerun_of_a_finished_partition_changes_nothing(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    make_job(url, store).run()
+    before = {k: store.head(k) for k in store.list("visits")}
+    report = make_job(url, store).run()
+    after = {k: store.head(k) for k in store.list("visits")}
+    assert report.rows_extracted == 0 and report.message == "no rows to archive in this window"
+    assert before.keys() == after.keys()
+    assert all(before[k].size == after[k].size for k in before)
+    assert report.committed_rows_in_partition == 2500
+
+
+def test_every_object_is_encrypted_and_locked_when_configured(mysql_url: str, locked_bucket: str) -> None:
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=300)
+    kms = boto3.client("kms", region_name="us-east-1").create_key()["KeyMetadata"]["Arn"]
+    store = open_store(f"s3://{locked_bucket}/a", kms_key_id=kms, lock_mode="GOVERNANCE", lock_days=2557,
+                       region="us-east-1")  # fmt: skip
+    make_job(mysql_url, store).run()
+    keys = store.list("visits")
+    assert keys
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for key in keys:
+        head = s3.head_object(Bucket=locked_bucket, Key=f"a/{key}")
+        assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"] == kms
+        assert head["ObjectLockMode"] == "GOVERNANCE"
+        assert head["ObjectLockRetainUntilDate"].year >= datetime.now(UTC).year + 6
+    version = s3.head_object(Bucket=locked_bucket, Key=f"a/{keys[0]}")["VersionId"]
+    with pytest.raises(Exception, match="AccessDenied"):
+        s3.delete_object(Bucket=locked_bucket, Key=f"a/{keys[0]}", VersionId=version)
+
+
+def test_without_kms_key_objects_use_sse_s3(seeded: dict[str, Any], store: Any, s3_bucket: str) -> None:
+    make_job(seeded["url"], store).run()
+    s3 = boto3.client("s3", region_name="us-east-1")
+    for key in store.list("visits"):
+        assert s3.head_object(Bucket=s3_bucket, Key=f"archive/{key}")["ServerSideEncryption"] == "AES256"
+
+
+def test_purge_false_archives_without_deleting_and_never_twice(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    tables = TABLES.replace("part_rows: 1000", "part_rows: 1000, purge: false")
+    make_job(url, store, tables=tables).run()
+    second = make_job(url, store, tables=tables).run()
+    assert source_keys(url) == seeded["keys"]
+    assert sorted(archived_keys(store)) == sorted(month_keys(url, JAN_2023))
+    assert "purge is off" in second.message
+
+
+def test_restore_puts_rows_back_identically(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    engine = sa.create_engine(url)
+    select = sa.text(
+        "SELECT * FROM visits WHERE updated_at >= '2023-01-01' AND updated_at < '2023-02-01' ORDER BY id"
+    )
+    with engine.connect() as conn:
+        original = [tuple(r) for r in conn.execute(select)]
+    make_job(url, store).run()
+    client = SourceClient(url)
+    table = client.reflect("visits")
+    report = restore_partition(source=client, store=store, source_table=table, table="visits",
+                               month=JAN_2023.start, log=lambda m: None)  # fmt: skip
+    again = restore_partition(source=client, store=store, source_table=table, table="visits",
+                              month=JAN_2023.start, log=lambda m: None)  # fmt: skip
+    with engine.connect() as conn:
+        restored = [tuple(r) for r in conn.execute(select)]
+    engine.dispose()
+    assert restored == original
+    assert report.rows_restored == len(original) and report.rows_already_present == 0
+    assert again.rows_restored == 0 and again.rows_already_present == len(original)
+
+
+def test_verification_failure_stops_before_any_delete(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+
+    def corrupt(message: str) -> None:
+        if message.startswith("extracted"):
+            for key in store.list("visits"):
+                if key.endswith("-1.parquet"):
+                    store.put_bytes(key, b"PAR1 not really parquet", lock=False)
+
+    with pytest.raises(ArchiveError, match="cannot be read back as Parquet"):
+        make_job(url, store, log=corrupt).run()
+    assert source_keys(url) == seeded["keys"]
+    assert archived_keys(store) == []
