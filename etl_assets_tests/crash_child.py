@@ -1,0 +1,86 @@
+"""A child process that runs one archive partition and parks itself at a named point to be killed.
+
+Used by the crash tests: the parent reads stdout until it sees `PARKED <point>`, then SIGKILLs this
+process, exactly as a crashed worker or an OOM kill would end it. The hooks live here, in test code;
+the product has none.
+
+    python -m etl_assets_tests.crash_child MYSQL_URL BUCKET POINT
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from etl_assets.engine.archive import ArchiveJob
+from etl_assets.lib.windows import Window
+from etl_assets.resources.source import SourceClient
+from etl_assets.resources.store import S3Store, open_store
+from etl_assets_tests.support import config_for
+
+TABLES = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 200, part_rows: 1000, chunk_rows: 500, max_threads_running: 500}
+"""
+WINDOW = Window(datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 2, 1, tzinfo=UTC))
+
+
+def park(point: str) -> None:
+    print(f"PARKED {point}", flush=True)
+    time.sleep(600)
+
+
+def main() -> None:
+    url, bucket, point = sys.argv[1:4]
+    store = open_store(f"s3://{bucket}/archive", region="us-east-1")
+    assert isinstance(store, S3Store)
+    client = SourceClient(url)
+    counts: dict[str, int] = {}
+
+    def after(name: str, target: Any, method: str, when: int, condition: Any = None) -> None:
+        original = getattr(target, method)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            result = original(*args, **kwargs)
+            if condition is None or condition(*args, **kwargs):
+                counts[name] = counts.get(name, 0) + 1
+                if point == name and counts[name] == when:
+                    park(point)
+            return result
+
+        setattr(target, method, wrapped)
+
+    after("mid_extract", store, "put_file", 1, lambda key, *a, **k: "/_staging/" in key)
+    after("mid_purge", client, "delete_unchanged", 3)
+    after("mid_commit", store, "copy", 1)
+    after("before_cleanup", store, "put_bytes", 1, lambda key, *a, **k: "/_staging/" not in key)
+
+    def log(message: str) -> None:
+        print(message, flush=True)
+        if point == "before_verify" and message.startswith("extracted"):
+            park(point)
+        if point == "after_verify" and message.startswith("verified"):
+            park(point)
+
+    config = config_for(source_url=url, archive_url=f"s3://{bucket}/archive", tables=TABLES)
+    table = config.tables[0]
+    job = ArchiveJob(
+        source=client,
+        store=store,
+        table=table,
+        source_table=client.reflect("visits"),
+        partition_key="2023-01-01",
+        window=WINDOW,
+        run_id=uuid.uuid4().hex,
+        now=datetime.now(UTC),
+        log=log,
+    )
+    report = job.run()
+    print(f"DONE {report.rows_committed}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
