@@ -98,7 +98,9 @@ def test_kill_at_each_point_then_rerun_loses_and_duplicates_nothing(
     engine = sa.create_engine(mysql_url)
     with engine.connect() as conn:
         left_in_january = conn.execute(
-            sa.text("SELECT COUNT(*) FROM visits WHERE updated_at >= '2023-01-01' AND updated_at < '2023-02-01'")
+            sa.text(
+                "SELECT COUNT(*) FROM visits WHERE updated_at >= '2023-01-01' AND updated_at < '2023-02-01'"
+            )
         ).scalar_one()
     engine.dispose()
     assert left_in_january == 0
@@ -142,7 +144,11 @@ def test_archive_under_mysql8_strict_sql_mode(mysql_url: str, s3_bucket: str) ->
     with engine.begin() as conn:
         previous = conn.execute(sa.text("SELECT @@GLOBAL.sql_mode")).scalar_one()
         # New connections (the archive's) get MySQL 8's default strictness.
-        conn.execute(sa.text("SET GLOBAL sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ONLY_FULL_GROUP_BY'"))
+        conn.execute(
+            sa.text(
+                "SET GLOBAL sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_DATE,NO_ZERO_IN_DATE,ONLY_FULL_GROUP_BY'"
+            )
+        )
     try:
         rerun(mysql_url, s3_bucket)
     finally:

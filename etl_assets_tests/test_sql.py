@@ -37,7 +37,7 @@ from etl_assets.lib.sql import (
     staging_table_name,
 )
 from etl_assets.lib.typemap import Dialect, UnsupportedTypeError, warehouse_type
-from etl_assets_tests.test_typemap import CASES
+from etl_assets_tests.test_typemap import CASES, dynamic
 
 ROLE = "arn:aws:iam::123456789012:role/redshift-copy"
 
@@ -61,7 +61,7 @@ VISITS = SourceTable(
 )
 
 
-def parse_redshift(sql: str) -> exp.Expression:
+def parse_redshift(sql: str) -> exp.Expr:
     """Parse one Redshift statement; fails the test on a syntax error or on more than one statement."""
     statements = sqlglot.parse(sql, read="redshift")
     assert len(statements) == 1, sql
@@ -89,6 +89,7 @@ def test_qualified_is_two_identifiers() -> None:
         ("Visits", '"Visits"'),
         ('x"; DROP TABLE t; --', '"x""; DROP TABLE t; --"'),
         ("a.b", '"a.b"'),
+        ("50% off", '"50% off"'),  # SQLAlchemy's default preparer would write "50%% off"
     ],
 )
 def test_identifiers_are_always_quoted_with_embedded_quotes_doubled(name: str, quoted: str) -> None:
@@ -263,12 +264,12 @@ def test_names_that_differ_only_by_case_are_refused_where_case_is_folded(dialect
 
 
 def test_staging_sql_per_dialect() -> None:
-    assert create_staging_sql(staging="stage_visits", schema="staging", table="visits", dialect="redshift") == (
-        'CREATE TEMP TABLE "stage_visits" (LIKE "staging"."visits")'
-    )
-    assert create_staging_sql(staging="stage_visits", schema="staging", table="visits", dialect="postgresql") == (
-        'CREATE TEMP TABLE "stage_visits" (LIKE "staging"."visits" INCLUDING DEFAULTS) ON COMMIT DROP'
-    )
+    assert create_staging_sql(
+        staging="stage_visits", schema="staging", table="visits", dialect="redshift"
+    ) == ('CREATE TEMP TABLE "stage_visits" (LIKE "staging"."visits")')
+    assert create_staging_sql(
+        staging="stage_visits", schema="staging", table="visits", dialect="postgresql"
+    ) == ('CREATE TEMP TABLE "stage_visits" (LIKE "staging"."visits" INCLUDING DEFAULTS) ON COMMIT DROP')
     assert create_staging_sql(staging="stage_visits", schema="staging", table="visits", dialect="duckdb") == (
         'CREATE OR REPLACE TEMP TABLE "stage_visits" AS SELECT * FROM "staging"."visits" LIMIT 0'
     )
@@ -289,7 +290,9 @@ def test_staging_table_name_fits_postgresql_and_stays_unique() -> None:
 
 def test_redshift_copy_sql() -> None:
     sql = redshift_copy_sql(
-        staging_table="stage_visits", s3_prefix_or_manifest="s3://etl-bucket/staging/visits/run-1/", iam_role=ROLE
+        staging_table="stage_visits",
+        s3_prefix_or_manifest="s3://etl-bucket/staging/visits/run-1/",
+        iam_role=ROLE,
     )
     assert sql == (
         'COPY "stage_visits"\n'
@@ -303,7 +306,7 @@ def test_redshift_copy_sql() -> None:
     assert credentials.args["iam_role"].this == ROLE
 
 
-def _copy_words(tree: exp.Expression) -> set[str]:
+def _copy_words(tree: exp.Expr) -> set[str]:
     """Every keyword among a parsed COPY's parameters (sqlglot pairs bare flags with the next word)."""
     words = set()
     for parameter in tree.args.get("params", []):
@@ -480,7 +483,7 @@ class PostgresWarehouse(Warehouse):
 
     def execute(self, sql: str) -> int:
         with self.connection.cursor() as cursor:
-            cursor.execute(sql)  # no parameters: a '%' in an identifier stays literal
+            cursor.execute(dynamic(sql))  # no parameters: a '%' in an identifier stays literal
             return cursor.rowcount
 
     def insert(self, relation: str, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
@@ -489,11 +492,11 @@ class PostgresWarehouse(Warehouse):
         # With parameters psycopg reads '%' as a placeholder, so literal ones in names are doubled.
         sql = f"INSERT INTO {relation} ({names})".replace("%", "%%") + f" VALUES ({placeholders})"
         with self.connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
+            cursor.executemany(dynamic(sql), rows)
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         with self.connection.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(dynamic(sql))
             return cursor.fetchall()
 
     @contextmanager
@@ -575,7 +578,9 @@ def load(
     try:
         with warehouse.transaction():
             warehouse.execute(
-                create_staging_sql(staging=staging, schema=warehouse.schema, table=table.name, dialect=warehouse.dialect)
+                create_staging_sql(
+                    staging=staging, schema=warehouse.schema, table=table.name, dialect=warehouse.dialect
+                )
             )
             warehouse.insert(quote_identifier(staging, warehouse.dialect), table.column_names, rows)
             counts = [warehouse.execute(statement) for statement in statements]
@@ -590,7 +595,9 @@ def load(
 
 def contents(warehouse: Warehouse, table: SourceTable) -> list[tuple[Any, ...]]:
     names = ", ".join(quote_identifier(c, warehouse.dialect) for c in table.column_names)
-    rows = warehouse.query(f"SELECT {names} FROM {qualified(warehouse.schema, table.name, warehouse.dialect)}")
+    rows = warehouse.query(
+        f"SELECT {names} FROM {qualified(warehouse.schema, table.name, warehouse.dialect)}"
+    )
     return sorted(tuple(int(v) if isinstance(v, Decimal) else v for v in row) for row in rows)
 
 
@@ -607,11 +614,15 @@ def create(warehouse: Warehouse, table: SourceTable, *, declare_primary_key: boo
         )
     )
     # Running the DDL again is harmless (IF NOT EXISTS), as a re-run of the asset would do.
-    warehouse.execute(create_table_sql(ddl_table, schema=warehouse.schema, target_name=table.name, dialect=warehouse.dialect))
+    warehouse.execute(
+        create_table_sql(
+            ddl_table, schema=warehouse.schema, target_name=table.name, dialect=warehouse.dialect
+        )
+    )
 
 
-T0 = datetime(2024, 1, 1, 8, 0)  # noqa: DTZ001 - DATETIME columns are naive
-T1 = datetime(2024, 1, 2, 9, 30)  # noqa: DTZ001
+T0 = datetime(2024, 1, 1, 8, 0)
+T1 = datetime(2024, 1, 2, 9, 30)
 
 # A composite key whose first column repeats: matching on the first key column alone (the AWS Data
 # Pipeline script's bug) would replace or skip the wrong rows.
@@ -644,7 +655,9 @@ def test_idempotent_modes_load_exactly_and_never_duplicate_on_retry(warehouse: W
     expected_rows, first_counts, retry_counts = EXPECTED[mode]
 
     assert load(warehouse, LEDGER, STAGED, mode, crash_before_commit=True) != []
-    assert contents(warehouse, LEDGER) == sorted([A0, B0]), "a load that died before commit changed the target"
+    assert contents(warehouse, LEDGER) == sorted([A0, B0]), (
+        "a load that died before commit changed the target"
+    )
 
     assert load(warehouse, LEDGER, STAGED, mode) == first_counts
     assert contents(warehouse, LEDGER) == sorted(expected_rows)
@@ -716,7 +729,9 @@ def test_add_column_is_nullable_and_repeatable(warehouse: Warehouse) -> None:
 
 
 def test_every_mysql_type_creates_a_replica_column(warehouse: Warehouse) -> None:
-    named = [(SourceColumn(**{**case.column.to_dict(), "name": f"c{i}"}), case) for i, case in enumerate(CASES)]
+    named = [
+        (SourceColumn(**{**case.column.to_dict(), "name": f"c{i}"}), case) for i, case in enumerate(CASES)
+    ]
     table = SourceTable("everything", tuple(c for c, case in named if getattr(case, warehouse.dialect)))
     warehouse.execute(create_schema_sql(warehouse.schema, warehouse.dialect))
     warehouse.execute(
@@ -731,10 +746,16 @@ def test_every_mysql_type_creates_a_replica_column(warehouse: Warehouse) -> None
 
 def test_every_mysql_type_has_parseable_redshift_ddl() -> None:
     columns = tuple(
-        SourceColumn(**{**case.column.to_dict(), "name": f"c{i}"}) for i, case in enumerate(CASES) if case.redshift
+        SourceColumn(**{**case.column.to_dict(), "name": f"c{i}"})
+        for i, case in enumerate(CASES)
+        if case.redshift
     )
-    sql = create_table_sql(SourceTable("everything", columns), schema="s", target_name="everything", dialect="redshift")
+    sql = create_table_sql(
+        SourceTable("everything", columns), schema="s", target_name="everything", dialect="redshift"
+    )
     parsed = {d.name: d.args["kind"] for d in parse_redshift(sql).find_all(exp.ColumnDef)}
     assert list(parsed) == [c.name for c in columns]
     for c in columns:
-        assert parsed[c.name] == exp.DataType.build(warehouse_type(c, "redshift"), dialect="redshift"), c.column_type
+        assert parsed[c.name] == exp.DataType.build(warehouse_type(c, "redshift"), dialect="redshift"), (
+            c.column_type
+        )

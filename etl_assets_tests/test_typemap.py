@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, LiteralString, cast
 
 import duckdb
 import psycopg
@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl_assets.lib.schema import SourceColumn, SourceTable
+from etl_assets.lib.sql import create_schema_sql, quote_identifier
 from etl_assets.lib.typemap import (
     REDSHIFT_VARCHAR_MAX_BYTES,
     UnsupportedTypeError,
@@ -146,11 +147,18 @@ CASES: list[Case] = [
     Case(
         col("bit(64)", precision=64), [0, 2**64 - 1], pa.uint64(), "DECIMAL(20,0)", "NUMERIC(20,0)", "UBIGINT"
     ),
-    Case(col("char(10)", length=10), ["", EMOJI * 10, "é" * 10], pa.string(), "VARCHAR(40)", "VARCHAR(10)", "VARCHAR"),
+    Case(
+        col("char(10)", length=10),
+        ["", EMOJI * 10, "é" * 10],
+        pa.string(),
+        "VARCHAR(40)",
+        "VARCHAR(10)",
+        "VARCHAR",
+    ),
     Case(col("char(0)", length=0), [""], pa.string(), "VARCHAR(4)", "VARCHAR(1)", "VARCHAR"),
     Case(
         col("varchar(255)", length=255),
-        [EMOJI * 255, "a" * 255, "it's \"quoted\" \\ ;"],
+        [EMOJI * 255, "a" * 255, 'it\'s "quoted" \\ ;'],
         pa.string(),
         "VARCHAR(1020)",
         "VARCHAR(255)",
@@ -167,7 +175,9 @@ CASES: list[Case] = [
     Case(col("tinytext", length=255), ["t" * 255], pa.string(), "VARCHAR(65535)", "TEXT", "VARCHAR"),
     Case(col("text", length=65535), ["t" * 65535], pa.string(), "VARCHAR(65535)", "TEXT", "VARCHAR"),
     Case(col("mediumtext", length=16777215), ["m" * 70000], pa.string(), "VARCHAR(65535)", "TEXT", "VARCHAR"),
-    Case(col("longtext", length=4294967295), [EMOJI * 20000], pa.string(), "VARCHAR(65535)", "TEXT", "VARCHAR"),
+    Case(
+        col("longtext", length=4294967295), [EMOJI * 20000], pa.string(), "VARCHAR(65535)", "TEXT", "VARCHAR"
+    ),
     Case(
         col("enum('a','it''s','" + EMOJI + "')"),
         ["a", "it's", EMOJI],
@@ -218,12 +228,21 @@ CASES: list[Case] = [
     ),
     Case(col("tinyblob", length=255), [b"\x00" * 255], pa.binary(), "VARBYTE(65535)", "BYTEA", "BLOB"),
     Case(col("blob", length=65535), [b"\x01" * 65535], pa.binary(), "VARBYTE(65535)", "BYTEA", "BLOB"),
-    Case(col("mediumblob", length=16777215), [b"\x02" * 70000], pa.binary(), "VARBYTE(1024000)", "BYTEA", "BLOB"),
-    Case(col("longblob", length=4294967295), [b"\x03" * 10], pa.binary(), "VARBYTE(1024000)", "BYTEA", "BLOB"),
+    Case(
+        col("mediumblob", length=16777215),
+        [b"\x02" * 70000],
+        pa.binary(),
+        "VARBYTE(1024000)",
+        "BYTEA",
+        "BLOB",
+    ),
+    Case(
+        col("longblob", length=4294967295), [b"\x03" * 10], pa.binary(), "VARBYTE(1024000)", "BYTEA", "BLOB"
+    ),
     Case(col("date"), [date(1000, 1, 1), date(9999, 12, 31)], pa.date32(), "DATE", "DATE", "DATE"),
     Case(
         col("datetime(6)"),
-        [datetime(1000, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)],  # noqa: DTZ001 - DATETIME is naive
+        [datetime(1000, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999999)],
         pa.timestamp("us"),
         "TIMESTAMP",
         "TIMESTAMP",
@@ -291,7 +310,9 @@ def test_archive_schema_round_trips_every_type_through_parquet() -> None:
 @pytest.mark.parametrize("column_type", ["geometry", "point", "uuid", "inet6", "vector(3)"])
 def test_unknown_types_are_refused_naming_column_type_and_fix(column_type: str) -> None:
     column = col(column_type, name="location")
-    with pytest.raises(UnsupportedTypeError, match=r"'location'.*" + column_type.split("(")[0] + r".*exclude"):
+    with pytest.raises(
+        UnsupportedTypeError, match=r"'location'.*" + column_type.split("(")[0] + r".*exclude"
+    ):
         arrow_type(column)
     with pytest.raises(UnsupportedTypeError, match=r"'location'.*column_types.*exclude"):
         warehouse_type(column, "redshift")
@@ -406,19 +427,27 @@ def test_override_wins_over_the_map() -> None:
 
 
 def test_unknown_dialect_is_refused() -> None:
-    with pytest.raises(ValueError, match="snowflake.*redshift, postgresql, duckdb"):
+    with pytest.raises(ValueError, match=r"snowflake.*redshift, postgresql, duckdb"):
         warehouse_type(col("int(11)"), "snowflake")  # type: ignore[arg-type]
 
 
 def test_warehouse_types_applies_table_settings_and_names_unknown_columns() -> None:
     table = SourceTable(
         name="visits",
-        columns=(col("int(11)", "id"), col("tinyint(1)", "paid"), col("decimal(65,30)", "amount", precision=65, scale=30)),
+        columns=(
+            col("int(11)", "id"),
+            col("tinyint(1)", "paid"),
+            col("decimal(65,30)", "amount", precision=65, scale=30),
+        ),
     )
-    types = warehouse_types(table, "redshift", boolean_columns=["paid"], column_types={"amount": "DECIMAL(38,3)"})
+    types = warehouse_types(
+        table, "redshift", boolean_columns=["paid"], column_types={"amount": "DECIMAL(38,3)"}
+    )
     assert types == {"id": "INTEGER", "paid": "BOOLEAN", "amount": "DECIMAL(38,3)"}
     with pytest.raises(ValueError, match=r"boolean_columns of table 'visits'.*'payed'.*id, paid, amount"):
-        warehouse_types(table, "redshift", boolean_columns=["payed"], column_types={"amount": "DECIMAL(38,3)"})
+        warehouse_types(
+            table, "redshift", boolean_columns=["payed"], column_types={"amount": "DECIMAL(38,3)"}
+        )
     with pytest.raises(UnsupportedTypeError, match=r"table 'visits': column 'amount'"):
         warehouse_types(table, "redshift")
 
@@ -451,11 +480,31 @@ def test_warehouse_types_applies_table_settings_and_names_unknown_columns() -> N
         (col("bigint(20)"), col("bigint(20) unsigned"), "duckdb", False),
         (col("int(10) unsigned"), col("smallint(6)"), "duckdb", False),
         (col("int(10) unsigned"), col("smallint(5) unsigned"), "duckdb", True),
-        (col("decimal(10,2)", precision=10, scale=2), col("decimal(12,2)", precision=12, scale=2), "redshift", False),
-        (col("decimal(12,2)", precision=12, scale=2), col("decimal(10,2)", precision=10, scale=2), "redshift", True),
-        (col("decimal(12,2)", precision=12, scale=2), col("decimal(11,3)", precision=11, scale=3), "redshift", False),
+        (
+            col("decimal(10,2)", precision=10, scale=2),
+            col("decimal(12,2)", precision=12, scale=2),
+            "redshift",
+            False,
+        ),
+        (
+            col("decimal(12,2)", precision=12, scale=2),
+            col("decimal(10,2)", precision=10, scale=2),
+            "redshift",
+            True,
+        ),
+        (
+            col("decimal(12,2)", precision=12, scale=2),
+            col("decimal(11,3)", precision=11, scale=3),
+            "redshift",
+            False,
+        ),
         (col("decimal(20,0)", precision=20, scale=0), col("bigint(20)"), "redshift", True),
-        (col("decimal(30,2)", precision=30, scale=2), col("decimal(65,30)", precision=65, scale=30), "redshift", False),
+        (
+            col("decimal(30,2)", precision=30, scale=2),
+            col("decimal(65,30)", precision=65, scale=30),
+            "redshift",
+            False,
+        ),
         (col("float"), col("double"), "redshift", False),
         (col("double"), col("float"), "redshift", True),
         (col("double"), col("bigint(20)"), "redshift", False),
@@ -510,8 +559,15 @@ def test_duckdb_columns_hold_the_source_extremes() -> None:
         sql_type = warehouse_type(case.column, "duckdb")
         connection.execute(f'CREATE TABLE "t{index}" ("n" INTEGER, "v" {sql_type})')
         connection.executemany(f'INSERT INTO "t{index}" VALUES (?, ?)', list(enumerate(case.values)))
-        readback = [row[0] for row in connection.execute(f'SELECT "v" FROM "t{index}" ORDER BY "n"').fetchall()]
+        readback = [
+            row[0] for row in connection.execute(f'SELECT "v" FROM "t{index}" ORDER BY "n"').fetchall()
+        ]
         _round_trip(case, readback)
+
+
+def dynamic(sql: str) -> LiteralString:
+    """Generated SQL is dynamic by design; psycopg's annotations ask for literal strings."""
+    return cast("LiteralString", sql)
 
 
 @pytest.fixture
@@ -519,8 +575,8 @@ def pg(pg_server_url: str, pg_schema: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit psycopg connection whose search_path is a fresh schema (dropped afterwards)."""
     url = sa.make_url(pg_server_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(url, autocommit=True) as connection:
-        connection.execute(f'CREATE SCHEMA "{pg_schema}"')
-        connection.execute(f'SET search_path TO "{pg_schema}"')
+        connection.execute(dynamic(create_schema_sql(pg_schema, "postgresql")))
+        connection.execute(dynamic(f"SET search_path TO {quote_identifier(pg_schema, 'postgresql')}"))
         yield connection
 
 
@@ -528,13 +584,13 @@ def pg(pg_server_url: str, pg_schema: str) -> Iterator[psycopg.Connection[Any]]:
 def test_postgresql_columns_hold_the_source_extremes(pg: psycopg.Connection[Any]) -> None:
     for index, case in enumerate(_warehouse_cases("postgresql")):
         sql_type = warehouse_type(case.column, "postgresql")
-        pg.execute(f'CREATE TABLE "t{index}" ("n" INTEGER, "v" {sql_type})')
+        pg.execute(dynamic(f'CREATE TABLE "t{index}" ("n" INTEGER, "v" {sql_type})'))
         with pg.cursor() as cursor:
             cursor.executemany(
-                f'INSERT INTO "t{index}" VALUES (%s, %s)',
+                dynamic(f'INSERT INTO "t{index}" VALUES (%s, %s)'),
                 [(n, v) for n, v in enumerate(case.values)],
             )
             # psycopg decodes JSONB into Python objects; read it as text like every other driver.
             value = '"v"::text' if case.column.is_json else '"v"'
-            cursor.execute(f'SELECT {value} FROM "t{index}" ORDER BY "n"')
+            cursor.execute(dynamic(f'SELECT {value} FROM "t{index}" ORDER BY "n"'))
             _round_trip(case, [row[0] for row in cursor.fetchall()])

@@ -5,8 +5,6 @@ Materializing one partition does the whole job (extract, stage, verify, purge, c
 after the other, so a first archive of years of history is one process, not hundreds of runs.
 """
 
-from __future__ import annotations
-
 from datetime import datetime
 
 import dagster as dg
@@ -143,7 +141,7 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                     source_table=source_table,
                     partition_key=key,
                     window=window,
-                    run_id=context.run_id,
+                    run_id=context.run.run_id,
                     now=utcnow(),
                     log=context.log.info,
                     replica_guard=guard,

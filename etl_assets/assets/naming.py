@@ -5,8 +5,6 @@ database shares that database's group. Partition definitions are computed from c
 the committed schema contract's oldest-row month), never by querying the source at load time.
 """
 
-from __future__ import annotations
-
 import json
 from datetime import date
 

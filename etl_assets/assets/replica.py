@@ -5,8 +5,6 @@ merges them by primary key in one transaction. The first materialization of all 
 full copy: with the single-run backfill policy a range of partitions is one streaming pass.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from etl_assets.assets.naming import (
@@ -95,7 +93,7 @@ def build_replica_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                 table=table,
                 source_table=source_table,
                 window=window,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 log=context.log.info,
                 lock_timeout_seconds=max(config.source.lock_timeout_seconds, 60),
             ).run()

@@ -5,8 +5,6 @@ newest time-column value, which is also the data version: the UI shows when a ta
 and automation can react to it.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from etl_assets.assets.naming import source_key, source_kind, table_tags

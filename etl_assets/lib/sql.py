@@ -28,8 +28,10 @@ InsertMode = Literal["overwrite_existing", "keep_existing", "truncate", "append"
 
 INSERT_MODES: tuple[InsertMode, ...] = get_args(InsertMode)
 
-# All three dialects quote like PostgreSQL; its preparer is the reference implementation.
-_PREPARER = postgresql.dialect().identifier_preparer
+# All three dialects quote like PostgreSQL; its preparer is the reference implementation. It is built
+# with a non-percent paramstyle: the default (pyformat) preparer doubles every '%' in a name, which
+# is right only for text later run through a driver's %-interpolation, and we hand out final SQL.
+_PREPARER = postgresql.dialect(paramstyle="named").identifier_preparer
 
 # Longest identifier each warehouse keeps. PostgreSQL silently truncates longer names (two long
 # column names could then collide), so refuse them with a message instead. Redshift: 127 bytes.

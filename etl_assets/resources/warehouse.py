@@ -19,7 +19,7 @@ import io
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -260,6 +260,9 @@ class WarehouseClient:
     ) -> bool:
         """Create the schema, the replica table and the load ledger if missing; True when the table was created."""
         existed = self.table_exists(target)
+        if settings.insert_mode == "append":
+            # Append keeps every version of a row, so the replica must not declare the key unique.
+            source_table = replace(source_table, primary_key=())
         ddl = sql.create_table_sql(
             source_table,
             schema=self.schema,
@@ -386,7 +389,9 @@ class WarehouseClient:
         try:
             with self._transaction() as tx:
                 tx.execute(create_stage)
-                self._fill_stage(tx, staging, columns, batches, result, staged_keys, run_id, time_column, log)
+                self._fill_stage(
+                    tx, staging, source_table, columns, batches, result, staged_keys, run_id, time_column, log
+                )
                 counts = [tx.execute(statement) for statement in merge]
                 if len(counts) == 2:
                     if insert_mode == "truncate":
@@ -434,6 +439,7 @@ class WarehouseClient:
         self,
         tx: _Transaction,
         staging: str,
+        source_table: SourceTable,
         columns: list[str],
         batches: Iterable[pa.RecordBatch],
         result: LoadResult,
@@ -466,7 +472,7 @@ class WarehouseClient:
         if self.dialect == "postgresql":
             self._copy_postgres(tx, staging, columns, batches, result, track)
             return
-        self._copy_redshift(tx, staging, batches, result, staged_keys, run_id, track, log)
+        self._copy_redshift(tx, staging, source_table, batches, result, staged_keys, run_id, track, log)
 
     def _copy_postgres(
         self,
@@ -496,6 +502,7 @@ class WarehouseClient:
         self,
         tx: _Transaction,
         staging: str,
+        source_table: SourceTable,
         batches: Iterable[pa.RecordBatch],
         result: LoadResult,
         staged_keys: list[str],
@@ -523,13 +530,14 @@ class WarehouseClient:
                 path.unlink()
         if not staged_keys:
             return
+        has_json = any(c.is_json for c in source_table.columns)
         log(f"staged {len(staged_keys)} Parquet file(s) under {self.staging_url}/{prefix}/; running COPY")
         copy = sql.redshift_copy_sql(
             staging_table=staging,
             s3_prefix_or_manifest=f"{self.staging_url}/{prefix}/",
             iam_role=self.iam_role,
             region=self.region,
-            serialize_to_json=False,
+            serialize_to_json=has_json,
         )
         tx.execute(copy)
 
