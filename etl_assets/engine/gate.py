@@ -37,7 +37,14 @@ def check_drift(*, config: ProjectConfig, table: TableConfig, live: SourceTable 
     contract = read_contract(config.contract_path(table))
     if contract is None:
         return None
-    return diff_schema(contract, live, dialect=warehouse_dialect(config))
+    replica = table.replica
+    return diff_schema(
+        contract,
+        live,
+        dialect=warehouse_dialect(config) if replica is not None else None,
+        boolean_columns=replica.boolean_columns if replica else (),
+        column_types=replica.column_types if replica else None,
+    )
 
 
 def ensure_no_drift(
@@ -49,9 +56,7 @@ def ensure_no_drift(
         The diff (possibly additive changes an `evolve` policy lets through), or None without a contract.
     """
     diff = check_drift(config=config, table=table, live=live)
-    if diff is None or not diff.has_drift:
-        return diff
-    if table.on_drift == "evolve" and diff.additive_only:
+    if diff is None or not diff.blocks(table.on_drift):
         return diff
     path = config.contract_path(table)
     raise DriftBlockedError(
