@@ -158,7 +158,7 @@ def _is_sqlalchemy_dialect(scheme: str) -> bool:
 
     try:
         registry.load(scheme.replace("+", "."))
-    except Exception:  # NoSuchModuleError, or a third-party plugin failing to import
+    except Exception:  # noqa: BLE001 - NoSuchModuleError, or a third-party plugin failing to import
         return False
     return True
 
@@ -403,7 +403,10 @@ class TableArchiveConfig(_Model):
 class TableReplicaConfig(_Model):
     """How one table is replicated into the warehouse."""
 
-    partition: Literal["daily", "hourly"] = "daily"
+    partition: Literal["daily", "hourly", "monthly"] = Field(
+        default="daily",
+        description="Partition size: daily (default), hourly for busy tables, monthly for small ones",
+    )
     start: date | None = Field(default=None, description="First partition (default: day of the oldest row)")
     insert_mode: Literal["overwrite_existing", "keep_existing", "truncate", "append"] = "overwrite_existing"
     lag: str = Field(default="15 minutes", description="Lookback re-read by every load for late commits")

@@ -11,10 +11,15 @@ import dagster as dg
 from etl_assets.assets.archive import build_archive_asset
 from etl_assets.assets.replica import build_replica_asset
 from etl_assets.assets.source import build_source_asset, build_table_sizes_asset
+from etl_assets.checks.replica import build_replica_checks
 from etl_assets.config import ProjectConfig, load_config
+from etl_assets.resources.alerts import AlertPublisher
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
+from etl_assets.schedules import build_archive_jobs_and_schedules, build_checks_job_and_schedule
+from etl_assets.sensors.alerts import build_alert_sensors
+from etl_assets.sensors.new_rows import build_new_rows_sensor
 
 
 def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
@@ -39,19 +44,38 @@ def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]
             region=warehouse.region if warehouse else "${AWS_DEFAULT_REGION:-us-east-1}",
             config_file=config.path,
         ),
+        "alerts": AlertPublisher(
+            sns_topic_arn=config.alerts.sns_topic_arn,
+            ui_url=config.alerts.ui_url,
+            region=config.alerts.region,
+            config_file=config.path,
+        ),
     }
 
 
 def build_definitions(config: ProjectConfig) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor for `config`."""
     assets: list[dg.AssetsDefinition] = [build_table_sizes_asset(config=config)]
+    checks: list[dg.AssetChecksDefinition] = []
     for table in config.tables:
         assets.append(build_source_asset(config=config, table=table))
         if table.archive is not None:
             assets.append(build_archive_asset(config=config, table=table))
         if table.replica is not None:
             assets.append(build_replica_asset(config=config, table=table))
-    return dg.Definitions(assets=assets, resources=build_resources(config))
+            checks.extend(build_replica_checks(config=config, table=table))
+    archive_jobs, schedules = build_archive_jobs_and_schedules(config=config)
+    checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
+    sensors = [s for s in (build_new_rows_sensor(config=config),) if s is not None]
+    sensors += build_alert_sensors(source_name=config.source.group_name)
+    return dg.Definitions(
+        assets=assets,
+        asset_checks=checks,
+        jobs=[*archive_jobs, checks_job],
+        schedules=[*schedules, checks_schedule],
+        sensors=sensors,
+        resources=build_resources(config),
+    )
 
 
 defs = build_definitions(load_config())

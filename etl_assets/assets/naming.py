@@ -97,12 +97,12 @@ def archive_partitions(config: ProjectConfig, table: TableConfig) -> dg.MonthlyP
     return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=offset)
 
 
-def replica_partitions(
-    config: ProjectConfig, table: TableConfig
-) -> dg.DailyPartitionsDefinition | dg.HourlyPartitionsDefinition:
-    """Daily (or hourly) partitions up to and including the current, still-filling one."""
+def replica_partitions(config: ProjectConfig, table: TableConfig) -> dg.TimeWindowPartitionsDefinition:
+    """Daily (hourly, monthly) partitions up to and including the current, still-filling one."""
     assert table.replica is not None
     start = table.replica.start or contract_oldest(config, table) or DEFAULT_START
     if table.replica.partition == "hourly":
         return dg.HourlyPartitionsDefinition(start_date=f"{start:%Y-%m-%d}-00:00", end_offset=1)
+    if table.replica.partition == "monthly":
+        return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=1)
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1)

@@ -7,10 +7,11 @@ and automation can react to it.
 
 import dagster as dg
 
-from etl_assets.assets.naming import source_key, source_kind, table_tags
+from etl_assets.assets.naming import SCHEMA_DRIFT_CHECK, source_key, source_kind, table_tags
 from etl_assets.config import ProjectConfig, TableConfig
+from etl_assets.engine.gate import check_drift
 from etl_assets.lib.schema import SourceTable
-from etl_assets.resources.source import SourceDatabase, TableSize
+from etl_assets.resources.source import SourceDatabase, SourceError, TableSize
 
 
 def column_schema(table: SourceTable) -> dg.TableSchema:
@@ -42,32 +43,83 @@ def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asset
     )
 
     @dg.multi_observable_source_asset(
-        specs=[spec], name=f"observe_source__{table.asset_name}", required_resource_keys={"source"}
+        specs=[spec],
+        name=f"observe_source__{table.asset_name}",
+        required_resource_keys={"source"},
+        check_specs=[
+            dg.AssetCheckSpec(
+                SCHEMA_DRIFT_CHECK,
+                asset=spec.key,
+                description=(
+                    f"The live `{table.name}` schema matches the reviewed contract "
+                    f"`{config.contract_path(table).name}`; archive and replica runs refuse while it does not."
+                ),
+            )
+        ],
     )
     def _observe(context: dg.AssetExecutionContext):
         client = context.resources.source.open()
+        reflected: SourceTable | None = None
+        rows, newest = 0, None
         try:
             reflected = client.reflect(table.name, primary_key=table.primary_key)
-            rows = client.row_count(table.name)
-            newest = None
+            rows = client.estimated_rows(table.name)
             if reflected.has_column(table.time_column):
                 newest = client.max_time(reflected, table.time_column)
+        except SourceError as exc:
+            if client.table_exists(table.name):
+                raise
+            context.log.error(str(exc))
         finally:
             client.dispose()
-        metadata: dict[str, object] = {
-            "dagster/column_schema": column_schema(reflected),
-            "dagster/row_count": rows,
-            "primary_key": ", ".join(reflected.primary_key) or "(none)",
-            "time_column": table.time_column,
-            "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
-        }
+        metadata: dict[str, object] = {"time_column": table.time_column}
+        if reflected is not None:
+            metadata |= {
+                "dagster/column_schema": column_schema(reflected),
+                "dagster/row_count": rows,
+                "primary_key": ", ".join(reflected.primary_key) or "(none)",
+                "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
+            }
         yield dg.ObserveResult(
             asset_key=spec.key,
             metadata=metadata,
             data_version=dg.DataVersion(f"{rows}:{newest.isoformat() if newest else ''}"),
+            check_results=[drift_check_result(config=config, table=table, live=reflected)],
         )
 
     return _observe
+
+
+def drift_check_result(
+    *, config: ProjectConfig, table: TableConfig, live: SourceTable | None
+) -> dg.AssetCheckResult:
+    """The `schema_drift` result for the live table (None when the table is gone)."""
+    contract_path = config.contract_path(table)
+    diff = check_drift(config=config, table=table, live=live)
+    if diff is None:
+        return dg.AssetCheckResult(
+            check_name=SCHEMA_DRIFT_CHECK,
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"No schema contract at {contract_path}; run `etl-assets schema snapshot {table.name}` and commit it.",
+            metadata={"contract": dg.MetadataValue.path(str(contract_path))},
+        )
+    blocks = diff.blocks(table.on_drift)
+    return dg.AssetCheckResult(
+        check_name=SCHEMA_DRIFT_CHECK,
+        passed=not diff.has_drift,
+        severity=dg.AssetCheckSeverity.ERROR if blocks or not diff.has_drift else dg.AssetCheckSeverity.WARN,
+        description=diff.summary if diff.has_drift else "live schema matches the contract",
+        metadata={
+            "changes": len(diff.changes) + int(diff.table_missing) + int(diff.primary_key_changed),
+            "summary": diff.summary if diff.has_drift else "no drift",
+            "classification": diff.classification or "none",
+            "blocks_loads": blocks,
+            "diff_markdown": dg.MetadataValue.md(diff.to_markdown() if diff.has_drift else "no drift"),
+            "diff": dg.MetadataValue.json(diff.to_dict()),
+            "contract": dg.MetadataValue.path(str(contract_path)),
+        },
+    )
 
 
 def _sizes_markdown(sizes: list[TableSize], candidates: set[str], configured: set[str]) -> str:

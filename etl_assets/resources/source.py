@@ -96,6 +96,7 @@ class SourceClient:
         elif backend == "sqlite":
             self.dialect = "sqlite"
             self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             raise SourceError(
                 f"source.url uses '{backend}', which etl-assets cannot read yet; use mysql+pymysql:// (or sqlite:// "
@@ -224,14 +225,15 @@ class SourceClient:
             info = conn.exec_driver_sql(f"PRAGMA table_info({_sqlite_quote(name)})").all()
         for _, col_name, declared, notnull, default, pk in info:
             columns.append(_sqlite_column(col_name, str(declared or ""), bool(notnull) or bool(pk), default))
-        pk_info = inspector.get_pk_constraint(name)
+        # PRAGMA table_info's pk column is the key position (1-based), 0 for non-key columns.
+        primary = tuple(row[1] for row in sorted((r for r in info if r[5]), key=lambda r: r[5]))
         indexed = [ix["column_names"][0] for ix in inspector.get_indexes(name) if ix["column_names"]]
         return SourceTable(
             name=name,
             columns=tuple(columns),
-            primary_key=tuple(pk_info.get("constrained_columns") or ()),
+            primary_key=primary,
             schema=None,
-            indexed_columns=tuple(dict.fromkeys([*pk_info.get("constrained_columns", [])[:1], *indexed])),
+            indexed_columns=tuple(dict.fromkeys([*primary[:1], *indexed])),
         )
 
     def table_sizes(self) -> list[TableSize]:
@@ -343,6 +345,31 @@ class SourceClient:
             value = conn.execute(sa.select(sa.func.max(table.c[time_column]))).scalar()
         converted, _ = converter_for(source.column(time_column))([value])
         return _as_datetime(converted[0])
+
+    def max_time_value(self, name: str, time_column: str) -> datetime | None:
+        """`SELECT MAX(time_column)` without reflection: the sensor's one indexed query per table."""
+        table = self._table(name, [time_column])
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(sa.func.max(table.c[time_column]))).scalar()
+        if isinstance(value, str):
+            try:
+                value = datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        return _as_datetime(value)
+
+    def estimated_rows(self, name: str) -> int:
+        """Row count that costs nothing: information_schema's estimate on MySQL, COUNT(*) on SQLite."""
+        if self.dialect != "mysql":
+            return self.row_count(name)
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.text(
+                    "SELECT TABLE_ROWS FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                ),
+                {"t": name},
+            ).scalar()
+        return int(value or 0)
 
     def row_count(self, name: str) -> int:
         """Exact row count."""
@@ -527,6 +554,15 @@ class SourceClient:
         with self.engine.begin() as conn:
             conn.execute(sa.insert(table), list(rows))
         return len(rows)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers run beside the purge; NORMAL syncs at checkpoints, not every delete batch
+    # (the demo's SQLite is a stand-in: MySQL's durability settings are the server's business).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 def _as_datetime(value: Any) -> datetime | None:

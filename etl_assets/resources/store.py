@@ -331,7 +331,7 @@ class S3Store:
                     Bucket=self.bucket,
                     Delete={"Objects": [{"Key": self._full(k)} for k in chunk], "Quiet": True},
                 )
-            except Exception:
+            except Exception:  # noqa: BLE001 - reported back as keys that could not be removed
                 failed.extend(chunk)
                 continue
             failed.extend(self._relative(err["Key"]) for err in response.get("Errors", []))

@@ -1,0 +1,1 @@
+"""Asset checks beyond the ones computed inside loads and observations."""

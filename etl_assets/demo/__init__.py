@@ -1,0 +1,1 @@
+"""The embedded demo: a SQLite clinic, a local archive folder and a DuckDB warehouse."""

@@ -1,0 +1,1 @@
+"""Sensors: what starts runs and what reports on them (alerts for failed runs and checks)."""
