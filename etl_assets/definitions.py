@@ -19,7 +19,7 @@ from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
 from etl_assets.schedules import build_archive_jobs_and_schedules, build_checks_job_and_schedule
 from etl_assets.sensors.alerts import build_alert_sensors
-from etl_assets.sensors.new_rows import build_new_rows_sensor
+from etl_assets.sensors.new_rows import build_new_rows_sensor, build_replica_jobs
 
 
 def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
@@ -66,12 +66,13 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
             checks.extend(build_replica_checks(config=config, table=table))
     archive_jobs, schedules = build_archive_jobs_and_schedules(config=config)
     checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
-    sensors = [s for s in (build_new_rows_sensor(config=config),) if s is not None]
+    replica_jobs = build_replica_jobs(config=config)
+    sensors = [s for s in (build_new_rows_sensor(config=config, jobs=replica_jobs),) if s is not None]
     sensors += build_alert_sensors(source_name=config.source.group_name)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*archive_jobs, checks_job],
+        jobs=[*archive_jobs, *replica_jobs, checks_job],
         schedules=[*schedules, checks_schedule],
         sensors=sensors,
         resources=build_resources(config),

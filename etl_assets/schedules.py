@@ -8,7 +8,7 @@ watching. The checks schedule runs by default; it only reads information_schema 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_assets.assets.naming import archive_key, archive_partitions, replica_key, source_key
+from etl_assets.assets.naming import archive_key, replica_key, source_key
 from etl_assets.config import ProjectConfig
 
 CHECKS_JOB = "source_and_replica_checks"
@@ -27,7 +27,6 @@ def build_archive_jobs_and_schedules(
         job = dg.define_asset_job(
             f"archive_{table.asset_name}",
             selection=dg.AssetSelection.assets(archive_key(table)),
-            partitions_def=archive_partitions(config, table),
             description=f"Archive newly eligible months of {table.name} (retention {table.archive.retention}).",
             tags={"etl_assets/table": table.asset_name},
         )

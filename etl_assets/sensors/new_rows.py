@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from etl_assets.assets.naming import replica_key, replica_partitions
 from etl_assets.config import ProjectConfig, TableConfig
@@ -41,7 +42,54 @@ def changed_partition_keys(table: TableConfig, partitions: dg.TimeWindowPartitio
     return keys
 
 
-def build_new_rows_sensor(*, config: ProjectConfig) -> dg.SensorDefinition | None:
+def replica_job_name(table: TableConfig) -> str:
+    """The job the sensor starts for one table (tables may have different partitions)."""
+    return f"replica_{table.asset_name}"
+
+
+def build_replica_jobs(*, config: ProjectConfig) -> list[UnresolvedAssetJobDefinition]:
+    """One job per replicated table: the sensor's targets, also handy in the UI's Launchpad."""
+    return [
+        dg.define_asset_job(
+            replica_job_name(table),
+            selection=dg.AssetSelection.assets(replica_key(table)),
+            description=f"Load new rows of {table.name} into the replica.",
+            tags={"etl_assets/table": table.asset_name},
+        )
+        for table in config.tables
+        if table.replica is not None
+    ]
+
+
+def _requests(table: TableConfig, keys: list[str], newest: datetime) -> list[dg.RunRequest]:
+    tags = {"etl_assets/table": table.asset_name, "etl_assets/trigger": SENSOR_NAME}
+    if len(keys) > MAX_PARTITIONS_PER_TICK:
+        # After a long pause: one single-run backfill over the range, not hundreds of runs.
+        range_tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        }
+        return [
+            dg.RunRequest(
+                run_key=f"{table.asset_name}:{keys[0]}...{keys[-1]}:{newest.isoformat()}",
+                job_name=replica_job_name(table),
+                tags=tags | range_tags,
+            )
+        ]
+    return [
+        dg.RunRequest(
+            run_key=f"{table.asset_name}:{key}:{newest.isoformat()}",
+            job_name=replica_job_name(table),
+            partition_key=key,
+            tags=tags,
+        )
+        for key in keys
+    ]
+
+
+def build_new_rows_sensor(
+    *, config: ProjectConfig, jobs: list[UnresolvedAssetJobDefinition]
+) -> dg.SensorDefinition | None:
     """One sensor for every replicated table (None when no table has a replica)."""
     tables = [t for t in config.tables if t.replica is not None]
     if not tables:
@@ -52,7 +100,7 @@ def build_new_rows_sensor(*, config: ProjectConfig) -> dg.SensorDefinition | Non
         name=SENSOR_NAME,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        target=[replica_key(t) for t in tables],
+        jobs=jobs,
         description="Polls MAX(time column) of each replicated table and loads the partitions that gained rows.",
     )
     def _sensor(
@@ -71,17 +119,8 @@ def build_new_rows_sensor(*, config: ProjectConfig) -> dg.SensorDefinition | Non
                 if seen == newest.isoformat():
                     continue
                 since = datetime.fromisoformat(seen) if seen else None
-                for key in changed_partition_keys(
-                    table, partitions[table.asset_name], since=since, newest=newest
-                ):
-                    requests.append(
-                        dg.RunRequest(
-                            run_key=f"{table.asset_name}:{key}:{newest.isoformat()}",
-                            asset_selection=[replica_key(table)],
-                            partition_key=key,
-                            tags={"etl_assets/table": table.asset_name, "etl_assets/trigger": SENSOR_NAME},
-                        )
-                    )
+                keys = changed_partition_keys(table, partitions[table.asset_name], since=since, newest=newest)
+                requests.extend(_requests(table, keys, newest))
                 cursor[table.asset_name] = newest.isoformat()
         finally:
             client.dispose()

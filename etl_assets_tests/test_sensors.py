@@ -1,0 +1,73 @@
+"""`replica_new_rows` on a real MariaDB and an ephemeral instance: request, skip, request only what changed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from etl_assets.definitions import build_definitions
+from etl_assets.sensors.new_rows import SENSOR_NAME
+from etl_assets_tests.support import config_for, seed_visits
+
+pytestmark = pytest.mark.integration
+
+
+def tick(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> dg.SensorResult | dg.SkipReason:
+    sensor = defs.resolve_sensor_def(SENSOR_NAME)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                      resources={"source": defs.resources["source"]})  # fmt: skip
+    return sensor(context)
+
+
+def test_first_tick_requests_then_skips_then_requests_only_changed_partitions(mysql_url: str) -> None:
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=50)
+    newest = datetime(2026, 11, 20, 9, 30)  # noqa: DTZ001 - DATETIME column
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE visits SET updated_at = :t WHERE id = 1"), {"t": newest})
+    config = config_for(source_url=mysql_url, warehouse_url="duckdb:///unused.duckdb",
+                        tables="  - name: visits\n    replica: {start: 2026-11-01, lag: 15 minutes}\n")  # fmt: skip
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+
+    first = tick(defs, instance, None)
+    assert isinstance(first, dg.SensorResult)
+    assert [r.partition_key for r in first.run_requests] == ["2026-11-20"]
+    assert first.run_requests[0].job_name == "replica_visits"
+    assert first.run_requests[0].run_key == "visits:2026-11-20:2026-11-20T09:30:00+00:00"
+
+    second = tick(defs, instance, first.cursor)
+    assert isinstance(second, dg.SkipReason)
+
+    # Rows arrive two days later; the partition of the previous newest row is reloaded too (lag).
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE visits SET updated_at = :t WHERE id = 2"), {"t": newest + timedelta(days=2)}
+        )
+    third = tick(defs, instance, first.cursor)
+    engine.dispose()
+    assert isinstance(third, dg.SensorResult)
+    assert [r.partition_key for r in third.run_requests] == ["2026-11-20", "2026-11-21", "2026-11-22"]
+    assert len({r.run_key for r in third.run_requests}) == 3
+
+
+def test_a_long_pause_becomes_one_range_run(mysql_url: str) -> None:
+    seed_visits(mysql_url, months=[(2026, 1), (2026, 10)], rows_per_month=5)
+    config = config_for(source_url=mysql_url, warehouse_url="duckdb:///unused.duckdb",
+                        tables="  - name: visits\n    replica: {start: 2025-12-01}\n")  # fmt: skip
+    defs = build_definitions(config)
+    cursor = '{"visits": "2026-01-02T00:00:00+00:00"}'
+    result = tick(defs, dg.DagsterInstance.ephemeral(), cursor)
+    assert isinstance(result, dg.SensorResult)
+    assert len(result.run_requests) == 1
+    tags = result.run_requests[0].tags
+    assert tags["dagster/asset_partition_range_start"] == "2026-01-01"
+    assert tags["dagster/asset_partition_range_end"].startswith("2026-10-")
+    assert datetime.fromisoformat(tags["dagster/asset_partition_range_end"]).replace(
+        tzinfo=UTC
+    ) <= datetime.now(UTC)
