@@ -26,7 +26,7 @@ def tick(
 
 def test_first_tick_requests_then_skips_then_requests_only_changed_partitions(mysql_url: str) -> None:
     seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=50)
-    newest = datetime(2026, 11, 20, 9, 30)  # noqa: DTZ001 - DATETIME column
+    newest = datetime(2026, 11, 20, 9, 30)
     engine = sa.create_engine(mysql_url)
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE visits SET updated_at = :t WHERE id = 1"), {"t": newest})

@@ -215,7 +215,7 @@ class ReplicaJob:
             if self.settings.insert_mode == "append" and self.warehouse.already_loaded(
                 target, self.window.start, self.window.end
             ):
-                report.message = f"window {self.window.label()} was already appended; a retry appends nothing"
+                report.message = f"window {self.window.label()} is covered by an earlier append load; a retry appends nothing"
                 report.seconds = time.monotonic() - started
                 return report
             batches, converter = self._batches(read_window)
@@ -230,18 +230,26 @@ class ReplicaJob:
             self.log(
                 f"loading {what} of '{self.table.name}' into {self.warehouse.schema}.{target} ({self.settings.insert_mode})"
             )
-            report.load = self.warehouse.load(
-                table=target,
-                source_table=self.source_table,
-                batches=prepared(),
-                insert_mode=self.settings.insert_mode,
-                time_column=self.table.time_column
-                if self.source_table.has_column(self.table.time_column)
-                else None,
-                window=(self.window.start, self.window.end),
-                run_id=self.run_id,
-                log=self.log,
-            )
+            try:
+                report.load = self.warehouse.load(
+                    table=target,
+                    source_table=self.source_table,
+                    batches=prepared(),
+                    insert_mode=self.settings.insert_mode,
+                    time_column=self.table.time_column
+                    if self.source_table.has_column(self.table.time_column)
+                    else None,
+                    window=(self.window.start, self.window.end),
+                    run_id=self.run_id,
+                    log=self.log,
+                )
+            finally:
+                # A failed load stops reading mid-stream. Close the source cursor now, not whenever the
+                # generator is collected (the exception's traceback keeps it alive), so its connection,
+                # open transaction and table metadata lock are released and DDL on the source is not blocked.
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
             report.oversize_values = oversize.count
             report.zero_dates_nulled = converter.invalid_dates
         report.seconds = time.monotonic() - started

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 import pyarrow as pa
@@ -98,6 +98,12 @@ def _convert_bits(values: Sequence[Any]) -> tuple[Sequence[Any], int]:
     return [int.from_bytes(v, "big") if isinstance(v, (bytes, bytearray)) else v for v in values], 0
 
 
+# MySQL DECIMAL has at most 65 digits; quantizing needs a context that holds them all (the default
+# context's 28 digits made quantize raise InvalidOperation for DECIMAL(65,30), even for 0.1). Values
+# wider than the column are left for Arrow to reject with the column's name.
+_DECIMAL_CONTEXT = Context(prec=100, rounding=ROUND_HALF_UP)  # MySQL rounds DECIMAL half away from zero
+
+
 def _decimal_converter(scale: int) -> Converter:
     quantum = Decimal(1).scaleb(-scale)
 
@@ -106,7 +112,10 @@ def _decimal_converter(scale: int) -> Converter:
             return values, 0
         # SQLite keeps DECIMAL as REAL or TEXT: go through str() so 0.1 stays 0.1.
         return [
-            v if v is None or type(v) is Decimal else Decimal(str(v)).quantize(quantum) for v in values
+            v
+            if v is None or type(v) is Decimal
+            else Decimal(str(v)).quantize(quantum, context=_DECIMAL_CONTEXT)
+            for v in values
         ], 0
 
     return convert
@@ -166,7 +175,14 @@ class RowsToArrow:
             return pa.RecordBatch.from_pylist([], schema=self.schema)
         arrays: list[pa.Array] = []
         for index, values in enumerate(zip(*rows, strict=True)):
-            converted, invalid = self.converters[index](values)
+            try:
+                converted, invalid = self.converters[index](values)
+            except (ValueError, ArithmeticError) as exc:  # decimal.InvalidOperation is an ArithmeticError
+                column = self.columns[index]
+                raise ValueError(
+                    f"column '{column.name}' ({column.column_type}) has a value that cannot be converted: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from None
             if invalid:
                 name = self.columns[index].name
                 self.invalid_by_column[name] = self.invalid_by_column.get(name, 0) + invalid

@@ -74,6 +74,27 @@ def dialect_of(url: str) -> Dialect:
     )
 
 
+# MySQL date and time types that can hold zero dates ('0000-00-00', '2024-00-12').
+_ZERO_DATE_TYPES = frozenset({"date", "datetime", "timestamp"})
+
+
+def replica_shape(source_table: SourceTable) -> SourceTable:
+    """The table as its replica declares it: date and time columns outside the key accept NULL.
+
+    Zero dates, which no warehouse can hold, are loaded as NULL (and counted); legacy schemas keep
+    them mostly in NOT NULL columns with a `'0000-00-00'` default, so those columns must be nullable
+    in the replica or the load would fail on them.
+    """
+    key = set(source_table.primary_key)
+    columns = tuple(
+        replace(column, nullable=True)
+        if column.data_type in _ZERO_DATE_TYPES and not column.nullable and column.name not in key
+        else column
+        for column in source_table.columns
+    )
+    return replace(source_table, columns=columns)
+
+
 def _ledger_ddl(schema: str, dialect: Dialect) -> str:
     target = sql.qualified(schema, LEDGER_TABLE, dialect)
     text = "VARCHAR(65535)" if dialect == "redshift" else "VARCHAR"
@@ -110,6 +131,20 @@ def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
             )
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+def _in_column_order(batch: pa.RecordBatch, order: Sequence[str], target: str) -> pa.RecordBatch:
+    """`batch` with its columns in the replica's order (Redshift COPY from Parquet matches by position)."""
+    if batch.schema.names == list(order):
+        return batch
+    missing = [name for name in order if name not in batch.schema.names]
+    extra = [name for name in batch.schema.names if name not in order]
+    if missing or extra:
+        raise WarehouseError(
+            f"{target} has columns {missing} the source rows lack and lacks {extra}; COPY from Parquet needs the "
+            "same columns on both sides. Let the drift check and `on_drift` settle the schema first"
+        )
+    return batch.select(list(order))
 
 
 def _redshift_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -260,6 +295,7 @@ class WarehouseClient:
     ) -> bool:
         """Create the schema, the replica table and the load ledger if missing; True when the table was created."""
         existed = self.table_exists(target)
+        source_table = replica_shape(source_table)
         if settings.insert_mode == "append":
             # Append keeps every version of a row, so the replica must not declare the key unique.
             source_table = replace(source_table, primary_key=())
@@ -338,13 +374,18 @@ class WarehouseClient:
         return _aware(watermark), _aware(loaded_at)
 
     def already_loaded(self, table: str, start: datetime | None, end: datetime | None) -> bool:
-        """True when the ledger holds a committed load of exactly this window (append idempotency)."""
+        """True when a committed append load covered this window (append idempotency).
+
+        Covered, not only equal: after a single-run backfill appended a range, re-running one of its
+        partitions is a retry of rows already appended, not new rows.
+        """
         if not self.table_exists(LEDGER_TABLE):
             return False
         ledger = sql.qualified(self.schema, LEDGER_TABLE, self.dialect)
         p = self._param()
         rows = self.query(
-            f"SELECT COUNT(*) FROM {ledger} WHERE table_name = {p} AND window_start = {p} AND window_end = {p}",
+            f"SELECT COUNT(*) FROM {ledger} WHERE table_name = {p} AND insert_mode = 'append' "
+            f"AND window_start <= {p} AND window_end >= {p}",
             (table, start, end),
         )
         return bool(rows and rows[0][0])
@@ -390,7 +431,7 @@ class WarehouseClient:
             with self._transaction() as tx:
                 tx.execute(create_stage)
                 self._fill_stage(
-                    tx, staging, source_table, columns, batches, result, staged_keys, run_id, time_column, log
+                    tx, table, staging, source_table, batches, result, staged_keys, run_id, time_column, log
                 )
                 counts = [tx.execute(statement) for statement in merge]
                 if len(counts) == 2:
@@ -438,9 +479,9 @@ class WarehouseClient:
     def _fill_stage(
         self,
         tx: _Transaction,
+        table: str,
         staging: str,
         source_table: SourceTable,
-        columns: list[str],
         batches: Iterable[pa.RecordBatch],
         result: LoadResult,
         staged_keys: list[str],
@@ -448,6 +489,8 @@ class WarehouseClient:
         time_column: str | None,
         log: Callable[[str], None],
     ) -> None:
+        columns = source_table.column_names
+
         def track(batch: pa.RecordBatch) -> None:
             result.rows_staged += batch.num_rows
             if time_column:
@@ -458,12 +501,16 @@ class WarehouseClient:
         if self.dialect == "duckdb":
             con = tx.raw
             stage = sql.quote_identifier(staging, "duckdb")
+            column_list = ", ".join(sql.quote_identifier(c, "duckdb") for c in columns)
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
                 con.register("etl_assets_batch", batch)
                 try:
-                    con.execute(f"INSERT INTO {stage} SELECT * FROM etl_assets_batch")
+                    # By name: after an added column the replica's column order can differ from the source's.
+                    con.execute(
+                        f"INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM etl_assets_batch"
+                    )
                 finally:
                     con.unregister("etl_assets_batch")
                 result.bytes_staged += batch.nbytes
@@ -472,7 +519,9 @@ class WarehouseClient:
         if self.dialect == "postgresql":
             self._copy_postgres(tx, staging, columns, batches, result, track)
             return
-        self._copy_redshift(tx, staging, source_table, batches, result, staged_keys, run_id, track, log)
+        self._copy_redshift(
+            tx, table, staging, source_table, batches, result, staged_keys, run_id, track, log
+        )
 
     def _copy_postgres(
         self,
@@ -501,6 +550,7 @@ class WarehouseClient:
     def _copy_redshift(
         self,
         tx: _Transaction,
+        table: str,
         staging: str,
         source_table: SourceTable,
         batches: Iterable[pa.RecordBatch],
@@ -515,11 +565,14 @@ class WarehouseClient:
                 "a Redshift load needs warehouse.staging_url (s3://bucket/prefix) to COPY from"
             )
         prefix = f"{staging}/{run_id}"
+        # COPY from Parquet fills the staging table (LIKE the replica) by column position, and a column
+        # added to the replica later sits at its end, wherever the source has it.
+        order = list(self.columns(table))
         with tempfile.TemporaryDirectory(prefix="etl-stage-") as tmp:
             for index, batch in enumerate(batches):
                 if batch.num_rows == 0:
                     continue
-                ready = _redshift_ready(batch)
+                ready = _redshift_ready(_in_column_order(batch, order, f"{self.schema}.{table}"))
                 path = Path(tmp) / f"part-{index}.parquet"
                 pq.write_table(pa.Table.from_batches([ready]), path, compression="zstd")
                 key = f"{prefix}/part-{index:05d}.parquet"
@@ -545,7 +598,7 @@ class WarehouseClient:
 def _duck_rowcount(cursor: Any) -> int:
     try:
         row = cursor.fetchone()
-    except Exception:
+    except Exception:  # noqa: BLE001 - statements without a result set
         return -1
     return int(row[0]) if row and isinstance(row[0], int) else -1
 
