@@ -362,9 +362,6 @@ class TableArchiveConfig(_Model):
     max_threads_running: int | None = Field(
         default=50, ge=1, description="Pause deletes while MySQL Threads_running exceeds this"
     )
-    max_replica_lag_seconds: float | None = Field(
-        default=None, gt=0, description="Pause deletes while a MySQL replica lags more than this"
-    )
     chunk_rows: int = Field(default=50_000, ge=100, le=1_000_000, description="Rows fetched per chunk")
     part_rows: int = Field(default=1_000_000, ge=1000, description="Rows per Parquet part at most")
 

@@ -458,7 +458,7 @@ INVALID: list[tuple[str, Change, str, str]] = [
         "bad partition",
         _set("tables", 0, "replica", "partition", value="weekly"),
         "tables[0].replica.partition",
-        "use 'daily' or 'hourly'",
+        "use 'daily', 'hourly' or 'monthly'",
     ),
     (
         "batch_size 0",
