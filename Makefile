@@ -25,7 +25,7 @@ demo: install ## run the whole pipeline on the embedded demo (SQLite, local fold
 	$(BIN)/etl-assets demo
 
 dev: install ## open the Dagster UI on http://127.0.0.1:3000 with the demo's history
-	@mkdir -p $(DAGSTER_HOME)
+	@mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || cp dagster.yaml $(DAGSTER_HOME)/
 	$(BIN)/python scripts/run_stoppable.py $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
 
 services: install ## start MariaDB, PostgreSQL and the local S3/SNS endpoint (idempotent)

@@ -1,0 +1,55 @@
+"""The production instance file (deploy/dagster.yaml) passes Dagster's own config validation."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import dagster_instance_config
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ENV = {"DAGSTER_PG_HOST": "db", "DAGSTER_PG_DB": "dagster", "DAGSTER_PG_USER": "dagster",
+       "DAGSTER_PG_PASSWORD": "not-a-secret", "DAGSTER_LOG_BUCKET": "logs"}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_production_instance_config_is_valid() -> None:
+    config, _ = dagster_instance_config(str(DEPLOY), "dagster.yaml")
+    assert set(config) >= {"storage", "compute_logs", "run_launcher", "concurrency"}
+    for section in ("compute_logs", "run_launcher"):
+        module = importlib.import_module(config[section]["module"])
+        assert hasattr(module, config[section]["class"]), f"{section} class is not importable"
+    importlib.import_module("dagster_postgres")
+    limits = {limit["key"] for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]}
+    assert limits == {"etl_assets/source", "etl_assets/table"}
+
+
+def test_a_typo_in_the_instance_config_is_rejected(tmp_path: Path) -> None:
+    data = yaml.safe_load((DEPLOY / "dagster.yaml").read_text(encoding="utf-8"))
+    data["concurrency"]["pools"]["defualt_limit"] = data["concurrency"]["pools"].pop("default_limit")
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(DagsterInvalidConfigError):
+        dagster_instance_config(str(tmp_path), "dagster.yaml")
+
+
+def test_local_instance_config_is_valid(tmp_path: Path) -> None:
+    shutil.copy(DEPLOY.parent / "dagster.yaml", tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path), "dagster.yaml")
+    assert config["telemetry"]["enabled"] is False
+
+
+def test_iam_policy_covers_what_the_code_calls() -> None:
+    policy = json.loads((DEPLOY / "iam-policy.json").read_text(encoding="utf-8"))
+    actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+    assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "kms:GenerateDataKey",
+            "kms:Decrypt", "sns:Publish"} <= actions  # fmt: skip
