@@ -5,6 +5,8 @@ table, because from then on rows leave the production database every month witho
 watching. The checks schedule runs by default; it only reads information_schema and counts.
 """
 
+from typing import Any
+
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
@@ -17,10 +19,10 @@ CHECKS_SCHEDULE = "checks_every_15_minutes"
 
 def build_archive_jobs_and_schedules(
     *, config: ProjectConfig
-) -> tuple[list[UnresolvedAssetJobDefinition], list[dg.ScheduleDefinition]]:
+) -> tuple[list[UnresolvedAssetJobDefinition], list[Any]]:
     """One partitioned job and one monthly schedule per archived table."""
     jobs: list[UnresolvedAssetJobDefinition] = []
-    schedules: list[dg.ScheduleDefinition] = []
+    schedules: list[Any] = []  # build_schedule_from_partitioned_job returns an unresolved schedule
     for table in config.tables:
         if table.archive is None:
             continue

@@ -6,6 +6,7 @@ after the other, so a first archive of years of history is one process, not hund
 """
 
 from datetime import datetime
+from typing import Any
 
 import dagster as dg
 
@@ -36,12 +37,12 @@ def _month_windows(context: dg.AssetExecutionContext) -> list[tuple[str, Window]
     return windows
 
 
-def _metadata(reports: list[ArchiveReport]) -> dict[str, object]:
+def _metadata(reports: list[ArchiveReport]) -> dict[str, Any]:
     first, last = reports[0], reports[-1]
     seconds = sum(r.seconds for r in reports)
     extracted = sum(r.rows_extracted for r in reports)
     parts = [url for r in reports for url in r.parts]
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "dagster/row_count": sum(r.committed_rows_in_partition for r in reports),
         "rows_extracted": extracted,
         "rows_committed": sum(r.rows_committed for r in reports),

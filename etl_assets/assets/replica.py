@@ -5,6 +5,8 @@ merges them by primary key in one transaction. The first materialization of all 
 full copy: with the single-run backfill policy a range of partitions is one streaming pass.
 """
 
+from typing import Any
+
 import dagster as dg
 
 from etl_assets.assets.naming import (
@@ -24,10 +26,10 @@ from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.warehouse import WarehouseError, WarehouseResource
 
 
-def replica_metadata(report: ReplicaReport, replica_rows: int, columns: dict[str, str]) -> dict[str, object]:
+def replica_metadata(report: ReplicaReport, replica_rows: int, columns: dict[str, str]) -> dict[str, Any]:
     """Materialization metadata: numbers the UI plots, plus the replica's column schema."""
     load = report.load
-    metadata: dict[str, object] = {
+    metadata: dict[str, Any] = {
         "dagster/row_count": replica_rows,
         "rows_loaded": load.rows_staged,
         "rows_inserted": load.rows_inserted,

@@ -5,6 +5,8 @@ newest time-column value, which is also the data version: the UI shows when a ta
 and automation can react to it.
 """
 
+from typing import Any
+
 import dagster as dg
 
 from etl_assets.assets.naming import SCHEMA_DRIFT_CHECK, source_key, source_kind, table_tags
@@ -62,17 +64,18 @@ def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asset
         reflected: SourceTable | None = None
         rows, newest = 0, None
         try:
-            reflected = client.reflect(table.name, primary_key=table.primary_key)
+            live = client.reflect(table.name, primary_key=table.primary_key)
+            reflected = live
             rows = client.estimated_rows(table.name)
-            if reflected.has_column(table.time_column):
-                newest = client.max_time(reflected, table.time_column)
+            if live.has_column(table.time_column):
+                newest = client.max_time(live, table.time_column)
         except SourceError as exc:
             if client.table_exists(table.name):
                 raise
             context.log.error(str(exc))
         finally:
             client.dispose()
-        metadata: dict[str, object] = {"time_column": table.time_column}
+        metadata: dict[str, Any] = {"time_column": table.time_column}
         if reflected is not None:
             metadata |= {
                 "dagster/column_schema": column_schema(reflected),

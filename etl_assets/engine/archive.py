@@ -23,6 +23,7 @@ queryable archive, and a committed partition is never overwritten or emptied.
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -209,10 +210,9 @@ class ArchiveJob:
     def _staging_manifests(self) -> list[tuple[str, Manifest | None]]:
         found: list[tuple[str, Manifest | None]] = []
         keys = self.store.list(self.layout.staging_folder)
-        run_ids = {PartitionLayout.run_id_of_manifest(k) for k in keys} - {None}
+        run_ids = {r for r in (PartitionLayout.run_id_of_manifest(k) for k in keys) if r is not None}
         part_runs = {k.rsplit("/", 1)[-1].rsplit("-", 1)[0] for k in keys if k.endswith(".parquet")}
         for run_id in sorted(run_ids | part_runs):
-            assert run_id is not None
             key = self.layout.manifest_key(run_id, staging=True)
             manifest = Manifest.from_json(self.store.get_bytes(key)) if run_id in run_ids else None
             found.append((run_id, manifest))
@@ -313,25 +313,32 @@ class ArchiveJob:
                 self.report.bytes_written += stored.size
                 writer, part_rows, part_digest, part_bounds = None, 0, PkDigest(), [None, None]
 
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                if writer is None:
-                    writer = pq.ParquetWriter(path, self.schema, compression="zstd", write_statistics=True)
-                writer.write_batch(batch)
-                digest = pk_digest([batch.column(n) for n in self.primary_key])
-                part_digest, total = part_digest + digest, total + digest
-                part_rows += batch.num_rows
-                if len(self.primary_key) == 1:
-                    bounds = pc.min_max(batch.column(self.primary_key[0]))
-                    low, high = bounds["min"].as_py(), bounds["max"].as_py()
-                    part_bounds = [
-                        low if part_bounds[0] is None else min(part_bounds[0], low),
-                        high if part_bounds[1] is None else max(part_bounds[1], high),
-                    ]
-                progress.add(batch.num_rows)
-                if part_rows >= self.settings.part_rows:
-                    close_part()
+            # closing(): a failed upload must end the server-side SELECT now, not at garbage collection,
+            # or its metadata lock blocks DDL on the source table.
+            with contextlib.closing(batches):
+                for batch in batches:
+                    if batch.num_rows == 0:
+                        continue
+                    if writer is None:
+                        writer = pq.ParquetWriter(
+                            path, self.schema, compression="zstd", write_statistics=True
+                        )
+                    writer.write_batch(batch)
+                    digest = pk_digest([batch.column(n) for n in self.primary_key])
+                    part_digest, total = part_digest + digest, total + digest
+                    part_rows += batch.num_rows
+                    if len(self.primary_key) == 1:
+                        bounds = pc.min_max(  # pyright: ignore[reportAttributeAccessIssue]
+                            batch.column(self.primary_key[0])
+                        )
+                        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+                        part_bounds = [
+                            low if part_bounds[0] is None else min(part_bounds[0], low),
+                            high if part_bounds[1] is None else max(part_bounds[1], high),
+                        ]
+                    progress.add(batch.num_rows)
+                    if part_rows >= self.settings.part_rows:
+                        close_part()
             close_part()
         self.report.zero_dates_nulled += converter.invalid_dates
         self.report.rows_extracted += total.count

@@ -22,6 +22,8 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as sa_exc
 from pydantic import Field
 
 from etl_assets.lib.convert import RowsToArrow, converter_for
@@ -78,7 +80,7 @@ class SourceClient:
     def __init__(self, url: str) -> None:
         try:
             self.url = sa.make_url(url)
-        except sa.exc.ArgumentError:
+        except sa_exc.ArgumentError:
             raise SourceError(
                 "source.url is not a SQLAlchemy URL; use mysql+pymysql://user:password@host:3306/database"
             ) from None
@@ -96,7 +98,7 @@ class SourceClient:
         elif backend == "sqlite":
             self.dialect = "sqlite"
             self.engine = sa.create_engine(self.url, connect_args={"timeout": 30})
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            sa_event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
             raise SourceError(
                 f"source.url uses '{backend}', which etl-assets cannot read yet; use mysql+pymysql:// (or sqlite:// "
@@ -205,7 +207,7 @@ class SourceClient:
                 ),
                 {"t": name},
             ).scalars()
-        except sa.exc.DBAPIError:
+        except sa_exc.DBAPIError:
             return set()
         found: set[str] = set()
         for clause in clauses:
@@ -233,7 +235,7 @@ class SourceClient:
             columns=tuple(columns),
             primary_key=primary,
             schema=None,
-            indexed_columns=tuple(dict.fromkeys([*primary[:1], *indexed])),
+            indexed_columns=tuple(str(c) for c in dict.fromkeys([*primary[:1], *indexed]) if c),
         )
 
     def table_sizes(self) -> list[TableSize]:
@@ -280,7 +282,7 @@ class SourceClient:
                 "(SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?) GROUP BY name",
                 (name, name),
             ).all()
-        except sa.exc.DBAPIError:
+        except sa_exc.DBAPIError:
             return 0, 0
         data = sum(int(size) for obj, size in rows if obj == name)
         return data, sum(int(size) for obj, size in rows if obj != name)
@@ -403,12 +405,19 @@ class SourceClient:
         """Every row of the table as Arrow batches (server-side cursor, bounded memory)."""
         return self._stream(source, schema, chunk_rows, None)
 
+    def _selectable(self, table: sa.Table, column: SourceColumn) -> Any:
+        # MySQL sends FLOAT as text with 6 significant digits; adding a DOUBLE zero makes the server
+        # send the stored single-precision value exactly (1.0000001 would otherwise come back as 1.0).
+        if self.dialect == "mysql" and column.data_type == "float":
+            return (table.c[column.name] + sa.literal_column("0E0")).label(column.name)
+        return table.c[column.name]
+
     def _stream(
         self, source: SourceTable, schema: pa.Schema, chunk_rows: int, where: Any
     ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
         names = source.column_names
         table = self._table(source.name, names)
-        stmt = sa.select(*(table.c[n] for n in names))
+        stmt = sa.select(*(self._selectable(table, column) for column in source.columns))
         if where is not None:
             stmt = stmt.where(where)
         converter = RowsToArrow(source.columns, schema)
@@ -454,7 +463,7 @@ class SourceClient:
                 try:
                     yield
                 finally:
-                    with contextlib.suppress(sa.exc.DBAPIError):
+                    with contextlib.suppress(sa_exc.DBAPIError):
                         conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
             return
         path = Path(f"{self.url.database}.{hashlib.sha256(lock_name.encode()).hexdigest()[:16]}.lock")
