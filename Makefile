@@ -34,7 +34,8 @@ services: install ## start MariaDB, PostgreSQL and the local S3/SNS endpoint (id
 services-stop: ## stop the local servers this project started (never ones it reused)
 	scripts/stack.sh stop
 
-test: install services ## the whole test suite against the real local servers
+test: install services ## the whole test suite against the real local servers (and headless Chromium)
+	@scripts/install_browser.sh
 	@eval "$$(scripts/stack.sh env)" && $(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: install ## unit tests only (no servers)
