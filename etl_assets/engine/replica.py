@@ -123,6 +123,25 @@ def _truncate(value: str | bytes | None, limit: int) -> str | bytes | None:
     return value.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
+def _refuse_nul(batch: pa.RecordBatch, primary_key: list[str], table: str) -> pa.RecordBatch:
+    """`batch` itself, or ReplicaError naming the column and row of a string with a NUL character.
+
+    MySQL strings may hold NUL; PostgreSQL text cannot, and its COPY error names neither column nor key.
+    """
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        if not pa.types.is_string(column.type):
+            continue
+        has_nul = pc.fill_null(pc.match_substring(column, "\x00"), False)
+        if pc.any(has_nul).as_py():
+            position = pc.index(has_nul, True).as_py()
+            key = {k: batch.column(k)[position].as_py() for k in primary_key}
+            raise ReplicaError(
+                f"table '{table}' column '{name}' holds a NUL character (row {key}), which PostgreSQL text "
+                "cannot store; remove it in the source or exclude the column; nothing was loaded"
+            )
+    return batch
+
+
 def _boolean_cast(batch: pa.RecordBatch, booleans: list[str], table: str) -> pa.RecordBatch:
     if not booleans:
         return batch
@@ -222,8 +241,13 @@ class ReplicaJob:
             oversize = OversizePolicy(self.source_table, self.table, self.warehouse.dialect)
             booleans = list(self.settings.boolean_columns)
 
+            primary_key = list(self.source_table.primary_key)
+            refuse_nul = self.warehouse.dialect == "postgresql"
+
             def prepared() -> Iterator[pa.RecordBatch]:
                 for batch in batches:
+                    if refuse_nul:
+                        batch = _refuse_nul(batch, primary_key, self.table.name)
                     yield _boolean_cast(oversize.apply(batch), booleans, self.table.name)
 
             what = "the whole table" if read_window is None else read_window.label()

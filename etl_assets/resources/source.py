@@ -428,8 +428,14 @@ class SourceClient:
                 try:
                     while rows := result.fetchmany(chunk_rows):
                         yield converter.convert(rows)
+                except GeneratorExit:
+                    # Abandoned mid-stream (a failed upload or load): drop the connection instead of
+                    # reading the rest of a possibly huge result just to release it.
+                    conn.invalidate()
+                    raise
                 finally:
-                    result.close()
+                    if not conn.invalidated:
+                        result.close()
 
         return batches(), converter
 

@@ -506,13 +506,11 @@ class WarehouseClient:
                 if batch.num_rows == 0:
                     continue
                 con.register("etl_assets_batch", batch)
-                try:
-                    # By name: after an added column the replica's column order can differ from the source's.
-                    con.execute(
-                        f"INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM etl_assets_batch"
-                    )
-                finally:
-                    con.unregister("etl_assets_batch")
+                # By name: after an added column the replica's column order can differ from the source's.
+                con.execute(f"INSERT INTO {stage} ({column_list}) SELECT {column_list} FROM etl_assets_batch")
+                # Not in a `finally`: after a failed INSERT the transaction is aborted, unregister would fail
+                # too and hide the real error; the view goes with the connection or the next register.
+                con.unregister("etl_assets_batch")
                 result.bytes_staged += batch.nbytes
                 track(batch)
             return
