@@ -44,13 +44,23 @@ def demo_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "ETL_ASSETS_DEMO_DIR": str(work / ".demo"), "DAGSTER_HOME": str(work / "home")}
     env.pop("ETL_ASSETS_CONFIG", None)
     bin_dir = Path(sys.executable).parent
-    demo = subprocess.run([str(bin_dir / "etl-assets"), "demo"], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    demo = subprocess.run(
+        [str(bin_dir / "etl-assets"), "demo"], cwd=work, env=env, capture_output=True, text=True, timeout=600
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, str(ROOT / "scripts" / "run_stoppable.py"), str(bin_dir / "dagster-webserver"),
-         "-h", "127.0.0.1", "-p", str(port), "-w", str(ROOT / "workspace.yaml")],  # fmt: skip
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "run_stoppable.py"),
+            str(bin_dir / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(ROOT / "workspace.yaml"),
+        ],  # fmt: skip
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -61,7 +71,7 @@ def demo_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:  # noqa: S310 - loopback
+                with urllib.request.urlopen(f"{url}/server_info", timeout=2) as response:
                     if response.status == 200:
                         break
             except OSError:

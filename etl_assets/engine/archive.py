@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
 import pyarrow.parquet as pq
 
 from etl_assets.config import TableConfig
@@ -45,6 +45,9 @@ from etl_assets.lib.typemap import arrow_schema
 from etl_assets.lib.windows import Window, check_archive_eligible
 from etl_assets.resources.source import SourceClient, throttle
 from etl_assets.resources.store import ObjectStore, StoreError
+
+# pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
+pc: Any = _compute
 
 Log = Callable[[str], None]
 
@@ -328,9 +331,7 @@ class ArchiveJob:
                     part_digest, total = part_digest + digest, total + digest
                     part_rows += batch.num_rows
                     if len(self.primary_key) == 1:
-                        bounds = pc.min_max(  # pyright: ignore[reportAttributeAccessIssue]
-                            batch.column(self.primary_key[0])
-                        )
+                        bounds = pc.min_max(batch.column(self.primary_key[0]))
                         low, high = bounds["min"].as_py(), bounds["max"].as_py()
                         part_bounds = [
                             low if part_bounds[0] is None else min(part_bounds[0], low),

@@ -14,20 +14,25 @@ The replica never deletes rows that vanished from the source, so the archive's p
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
 
 from etl_assets.config import TableConfig
+from etl_assets.lib.convert import RowsToArrow
 from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.sql import add_column_sql
 from etl_assets.lib.typemap import arrow_schema, redshift_byte_limit
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.warehouse import LoadResult, WarehouseClient
+
+# pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
+pc: Any = _compute
 
 Log = Callable[[str], None]
 
@@ -306,7 +311,9 @@ class ReplicaJob:
         self.log(f"adding column(s) {', '.join(c.name for c in missing)} to {self.warehouse.schema}.{target}")
         self.warehouse.add_columns(target, statements)
 
-    def _batches(self, read_window: Window | None) -> tuple[Iterator[pa.RecordBatch], object]:
+    def _batches(
+        self, read_window: Window | None
+    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
         schema = arrow_schema(self.source_table)
         if read_window is None:
             return self.source.stream_all(

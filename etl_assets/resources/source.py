@@ -13,7 +13,7 @@ import fcntl
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -22,9 +22,9 @@ from typing import Any
 import dagster as dg
 import pyarrow as pa
 import sqlalchemy as sa
+from pydantic import Field
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
-from pydantic import Field
 
 from etl_assets.lib.convert import RowsToArrow, converter_for
 from etl_assets.lib.schema import SourceColumn, SourceTable
@@ -388,7 +388,7 @@ class SourceClient:
         time_column: str,
         window: Window,
         chunk_rows: int,
-    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
         """Rows of `window` as Arrow batches of at most `chunk_rows`, read with a server-side cursor.
 
         Memory stays bounded by `chunk_rows` whatever the window holds. Returns the iterator and the
@@ -401,7 +401,7 @@ class SourceClient:
 
     def stream_all(
         self, source: SourceTable, *, schema: pa.Schema, chunk_rows: int
-    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
         """Every row of the table as Arrow batches (server-side cursor, bounded memory)."""
         return self._stream(source, schema, chunk_rows, None)
 
@@ -414,7 +414,7 @@ class SourceClient:
 
     def _stream(
         self, source: SourceTable, schema: pa.Schema, chunk_rows: int, where: Any
-    ) -> tuple[Iterator[pa.RecordBatch], RowsToArrow]:
+    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
         names = source.column_names
         table = self._table(source.name, names)
         stmt = sa.select(*(self._selectable(table, column) for column in source.columns))
@@ -422,7 +422,7 @@ class SourceClient:
             stmt = stmt.where(where)
         converter = RowsToArrow(source.columns, schema)
 
-        def batches() -> Iterator[pa.RecordBatch]:
+        def batches() -> Generator[pa.RecordBatch, None, None]:
             with self.engine.connect() as conn:
                 result = conn.execution_options(stream_results=True, max_row_buffer=chunk_rows).execute(stmt)
                 try:

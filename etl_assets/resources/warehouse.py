@@ -22,23 +22,26 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 from pydantic import Field
+from sqlalchemy import exc as sa_exc
 
 from etl_assets.lib import sql
 from etl_assets.lib.schema import SourceTable
-from etl_assets.lib.typemap import warehouse_types
+from etl_assets.lib.typemap import Dialect, warehouse_types
 from etl_assets.resources.settings import resolve_setting
 from etl_assets.resources.store import ObjectStore, open_store
 
-Dialect = Literal["redshift", "postgresql", "duckdb"]
+# pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
+pc: Any = _compute
+
 LEDGER_TABLE = "_etl_assets_loads"
 
 
@@ -183,7 +186,7 @@ class WarehouseClient:
         iam_role: str = "",
         region: str | None = None,
     ) -> None:
-        self.dialect = dialect_of(url)
+        self.dialect: Dialect = dialect_of(url)
         self.schema = schema
         self.staging = staging
         self.staging_url = staging_url.rstrip("/")
@@ -443,7 +446,7 @@ class WarehouseClient:
                 if self.dialect != "postgresql":
                     tx.execute(sql.drop_staging_sql(staging=staging, dialect=self.dialect))
                 tx.execute(self._ledger_insert(table, window, run_id, insert_mode, result))
-        except (sa.exc.DBAPIError, Exception) as exc:
+        except (sa_exc.DBAPIError, Exception) as exc:
             if isinstance(exc, WarehouseError):
                 raise
             raise WarehouseError(
