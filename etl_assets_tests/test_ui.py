@@ -60,7 +60,7 @@ def demo_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             str(port),
             "-w",
             str(ROOT / "workspace.yaml"),
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
