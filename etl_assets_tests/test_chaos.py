@@ -1,0 +1,28 @@
+"""The short form of `make chaos` that runs in CI: randomized SIGKILLs with a concurrent writer."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_random_kills_lose_no_row(mysql_server_url: str, s3_endpoint: str) -> None:
+    cycles = int(os.environ.get("ETL_ASSETS_CHAOS_CYCLES", "10"))
+    env = {**os.environ, "ETL_TEST_MYSQL_URL": mysql_server_url, "AWS_ENDPOINT_URL": s3_endpoint}
+    result = subprocess.run(
+        [sys.executable, "-m", "etl_assets_tests.chaos", "--cycles", str(cycles), "--rows", "6000"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    summary = [line for line in result.stdout.splitlines() if line.startswith("| random SIGKILL")]
+    assert summary, result.stdout
+    cells = [c.strip() for c in summary[0].strip("|").split("|")]
+    assert int(cells[1]) == cycles
+    assert cells[-1] == "0", "rows were lost"
