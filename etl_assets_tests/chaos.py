@@ -61,8 +61,8 @@ tables:
 
 
 def _month_window(year: int, month: int) -> tuple[datetime, datetime]:
-    start = datetime(year, month, 1)  # noqa: DTZ001 - DATETIME column, UTC by convention
-    end = datetime(year + (month == 12), 1 if month == 12 else month + 1, 1)  # noqa: DTZ001
+    start = datetime(year, month, 1)
+    end = datetime(year + (month == 12), 1 if month == 12 else month + 1, 1)
     return start, end
 
 
@@ -325,7 +325,7 @@ def main() -> None:
     with admin.begin() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE `{name}`")
     url = sa.make_url(server).set(database=name).render_as_string(hide_password=False)
-    workdir = Path(f"/tmp/{name}")  # noqa: S108 - scratch log of the writer
+    workdir = Path(f"/tmp/{name}")
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         tally = run(
