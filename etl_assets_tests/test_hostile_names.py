@@ -92,7 +92,7 @@ def test_hostile_names_round_trip_through_archive_and_replica(
 
 
 @pytest.mark.parametrize(
-    "name", ["visits; DROP TABLE x", "visits`", 'vis"its', "vis'its", "visits--", "a.b", "\x00visits"]
+    "name", ["visits; DROP TABLE x", "visits`", 'vis"its', "vis'its", "a.b", "\x00visits"]
 )
 def test_injection_attempts_in_config_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match=r"tables\[0\]\.name"):
