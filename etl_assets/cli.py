@@ -19,8 +19,9 @@ import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from etl_assets.config import CONFIG_ENV_VAR, ConfigError, ProjectConfig, TableConfig, load_config
+from etl_assets.config import ConfigError, ProjectConfig, TableConfig, load_config
 
 EXIT_DRIFT = 1
 EXIT_ERROR = 2
@@ -35,13 +36,23 @@ class CliError(Exception):
 
 
 def _config(args: argparse.Namespace) -> ProjectConfig:
-    if args.config:
-        os.environ[CONFIG_ENV_VAR] = str(Path(args.config).resolve())
-    return load_config()
+    # Read --config directly: setting $ETL_ASSETS_CONFIG here would leak into the caller's process.
+    return load_config(Path(args.config).resolve() if args.config else None)
+
+
+def _table(config: ProjectConfig, name: str) -> TableConfig:
+    try:
+        return config.table(name)
+    except ConfigError:
+        names = ", ".join(t.name for t in config.tables)
+        raise CliError(
+            f"no table named '{name}' in {config.path}; configured tables: {names}",
+            "use one of the configured table names (the config's tables: list), or add the table there",
+        ) from None
 
 
 def _tables(config: ProjectConfig, name: str | None, *, need: str | None = None) -> list[TableConfig]:
-    tables = [config.table(name)] if name else list(config.tables)
+    tables = [_table(config, name)] if name else list(config.tables)
     if need:
         tables = [t for t in tables if getattr(t, need) is not None]
         if not tables:
@@ -68,13 +79,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from etl_assets.resources.store import open_store
 
     config = _config(args)
+    tables = _tables(config, args.table, need="archive")
     client = _source(config)
     store = None
     if config.archive is not None:
         store = open_store(resolve_setting(config.path, "archive.url", config.archive.url),
                            region=resolve_setting(config.path, "archive.region", config.archive.region))  # fmt: skip
     try:
-        for table in _tables(config, args.table, need="archive"):
+        for table in tables:
             assert table.archive is not None
             source_table = client.reflect(table.name, primary_key=table.primary_key)
             keys = archive_partitions(config, table).get_partition_keys()
@@ -85,24 +97,26 @@ def cmd_plan(args: argparse.Namespace) -> int:
             counts = [(k, n) for k, n in plan_partitions(source=client, source_table=source_table,
                                                           time_column=table.time_column, windows=windows) if n]  # fmt: skip
             nulls = client.count_null_time(source_table, table.time_column)
+            span = f" ({keys[0]} .. {keys[-1]})" if keys else ""
             print(f"\n{table.name}: retention {table.archive.retention}, purge {'on' if table.archive.purge else 'off'}, "
-                  f"{len(keys)} eligible partition(s)")  # fmt: skip
+                  f"{len(keys)} eligible partition(s){span}")  # fmt: skip
             if not counts:
                 print("  nothing to archive")
             else:
                 print(f"  {'partition':<12} {'to archive':>12} {'to purge':>12} {'already archived':>17}")
+                total = 0
                 for key, rows in counts:
-                    done = (
-                        sum(
+                    done = 0
+                    if store is not None:
+                        done = sum(
                             m.rows
                             for m in committed_manifests(store, table.name, datetime.fromisoformat(key))
                         )
-                        if store
-                        else 0
-                    )
+                    if not table.archive.purge and done:
+                        rows = 0  # archived once already; with purge off the archive never runs it again
+                    total += rows
                     purge = rows if table.archive.purge else 0
                     print(f"  {key:<12} {rows:>12,} {purge:>12,} {done:>17,}")
-                total = sum(n for _, n in counts)
                 print(f"  {'total':<12} {total:>12,} {total if table.archive.purge else 0:>12,}")
             if nulls:
                 print(f"  {nulls:,} row(s) have NULL {table.time_column} and are never archived")
@@ -113,12 +127,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Put the archived rows of one partition back into the source."""
-    from etl_assets.engine.archive import restore_partition
+    from etl_assets.engine.archive import ArchiveError, restore_partition
     from etl_assets.resources.settings import resolve_setting
     from etl_assets.resources.store import open_store
 
     config = _config(args)
-    table = config.table(args.table)
+    table = _table(config, args.table)
     if config.archive is None:
         raise CliError(f"{config.path} has no archive store", "add archive: {url: ...}")
     try:
@@ -137,6 +151,12 @@ def cmd_restore(args: argparse.Namespace) -> int:
         source_table = client.reflect(table.name, primary_key=table.primary_key)
         report = restore_partition(source=client, store=store, source_table=source_table, table=table.name,
                                    month=month, log=lambda m: print(f"  {m}"))  # fmt: skip
+    except ArchiveError as exc:
+        raise CliError(
+            str(exc),
+            f"restore reads a committed archive partition; `etl-assets plan {table.name}` lists the months "
+            "still in the source, the Dagster UI the archived ones",
+        ) from exc
     finally:
         client.dispose()
     print(f"restored {report.rows_restored:,} row(s) of {table.name} {args.partition} from {report.parts} part(s); "
@@ -149,9 +169,10 @@ def cmd_schema_snapshot(args: argparse.Namespace) -> int:
     from etl_assets.lib.contract import SchemaContract, write_contract
 
     config = _config(args)
+    tables = _tables(config, args.table)
     client = _source(config)
     try:
-        for table in _tables(config, args.table):
+        for table in tables:
             live = client.reflect(table.name, primary_key=table.primary_key)
             oldest = None
             if live.has_column(table.time_column):
@@ -175,10 +196,11 @@ def cmd_schema_diff(args: argparse.Namespace) -> int:
     from etl_assets.resources.source import SourceError
 
     config = _config(args)
+    tables = _tables(config, args.table)
     client = _source(config)
     drift = False
     try:
-        for table in _tables(config, args.table):
+        for table in tables:
             try:
                 live = client.reflect(table.name, primary_key=table.primary_key)
             except SourceError:
@@ -208,7 +230,7 @@ def cmd_ddl(args: argparse.Namespace) -> int:
     from etl_assets.lib.sql import create_schema_sql, create_table_sql
 
     config = _config(args)
-    table = config.table(args.table)
+    table = _table(config, args.table)
     dialect = args.dialect or warehouse_dialect(config)
     settings = table.replica
     client = _source(config)
@@ -231,9 +253,47 @@ def cmd_ddl(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the embedded demo end to end."""
-    from etl_assets.demo.run import run_demo
+    from etl_assets.demo.run import DemoError, run_demo
 
-    return run_demo(reset=args.reset)
+    if args.config:
+        raise CliError(
+            "the demo runs on its own bundled config and does not read --config",
+            "run `etl-assets demo` without --config; use the other commands with your config",
+        )
+    try:
+        return run_demo(reset=args.reset)
+    except DemoError as exc:
+        raise CliError(str(exc), exc.hint) from exc
+
+
+def _common_options(*, top: bool) -> argparse.ArgumentParser:
+    """--config and --verbose, accepted before or after the command (`etl-assets plan --verbose`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    # Sub-commands must not overwrite a value given before the command: their default is "absent".
+    default: dict[str, Any] = {} if top else {"default": argparse.SUPPRESS}
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        help="config file (default: $ETL_ASSETS_CONFIG, else ./etl_assets.yaml, else the bundled demo)",
+        **default,
+    )
+    common.add_argument(
+        "--verbose", action="store_true", help="show the traceback when a command fails", **default
+    )
+    return common
+
+
+def _command(
+    commands: Any, name: str, summary: str, description: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        parents=[_common_options(top=False)],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **kwargs,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -241,46 +301,95 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="etl-assets",
         description="Archive old MySQL rows to encrypted S3 Parquet, keep a Redshift replica fresh, and catch "
-        "schema drift. Reads the config from --config, $ETL_ASSETS_CONFIG, ./etl_assets.yaml or the bundled demo.",
+        "schema drift. Every command reads the same config file as the Dagster code location: --config, "
+        "else $ETL_ASSETS_CONFIG, else ./etl_assets.yaml, else the bundled demo.",
+        epilog="Errors print one line plus a hint and exit 2; `etl-assets schema diff` exits 1 on drift. "
+        "Run `etl-assets COMMAND --help` for the details of a command.",
+        parents=[_common_options(top=True)],
     )
-    parser.add_argument(
-        "--config", help="config file (default: $ETL_ASSETS_CONFIG, ./etl_assets.yaml, the demo)"
-    )
-    parser.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = commands.add_parser("demo", help="run the whole pipeline on the embedded demo (no servers needed)")
+    demo = _command(
+        commands,
+        "demo",
+        "run the whole pipeline on the embedded demo (no servers needed)",
+        "Create an embedded clinic database (SQLite), a local archive folder and a DuckDB warehouse under\n"
+        "$ETL_ASSETS_DEMO_DIR (default ./.demo), then run through Dagster the schema snapshot, the replica\n"
+        "backfill, the archive of every eligible month and all checks; print a summary per table, then\n"
+        "drift one table on purpose to show the failed check, the refused load and the SNS alert.\n"
+        "A second run only does what is new. Run history: $DAGSTER_HOME (default <demo dir>/dagster_home).",
+    )
     demo.add_argument(
-        "--reset", action="store_true", help="delete the demo's data and history and start over"
+        "--reset", action="store_true", help="delete the demo's data and run history and start over"
     )
     demo.set_defaults(func=cmd_demo)
 
-    plan = commands.add_parser(
-        "plan", help="show rows each eligible archive partition would archive and purge"
+    plan = _command(
+        commands,
+        "plan",
+        "show rows each eligible archive partition would archive and purge (dry run)",
+        "For every eligible archive partition (month older than the table's retention), print how many\n"
+        "rows would be archived and purged, and how many are already archived. Reads only: nothing is\n"
+        "written, archived or deleted (like pt-archiver --dry-run).",
     )
     plan.add_argument("table", nargs="?", help="one table (default: every table with an archive block)")
     plan.set_defaults(func=cmd_plan)
 
-    restore = commands.add_parser(
-        "restore", help="put archived rows of a partition back (skips rows present)"
+    restore = _command(
+        commands,
+        "restore",
+        "put the archived rows of one partition back into the source",
+        "Read the committed archive of one monthly partition, check every part against its manifest, and\n"
+        "insert its rows back into the source table. Rows whose primary key is already present are left\n"
+        "alone, so running it twice is safe. Prints how many rows were restored and skipped.",
+        epilog="example: etl-assets restore visits 2024-01-01",
     )
-    restore.add_argument("table")
-    restore.add_argument("partition", help="archive partition key, e.g. 2024-01-01")
+    restore.add_argument("table", help="the table, as named in the config")
+    restore.add_argument(
+        "partition", help="archive partition key: the first day of the month, e.g. 2024-01-01"
+    )
     restore.set_defaults(func=cmd_restore)
 
-    schema = commands.add_parser("schema", help="schema contracts: snapshot or diff")
+    schema = _command(
+        commands,
+        "schema",
+        "schema contracts: snapshot the live schema, or diff against it",
+        "Schema contracts (schemas/<table>.json, committed with the config) record each source table's\n"
+        "columns. Drift checks, the archive and the replica compare the live table with them.",
+    )
     schema_commands = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
-    snapshot = schema_commands.add_parser("snapshot", help="write schemas/<table>.json from the live source")
-    snapshot.add_argument("table", nargs="?")
+    snapshot = _command(
+        schema_commands,
+        "snapshot",
+        "write schemas/<table>.json from the live source",
+        "Read the live schema of each table from the source and write its contract file. Review the change\n"
+        "with `git diff` and commit it.",
+    )
+    snapshot.add_argument("table", nargs="?", help="one table (default: every configured table)")
     snapshot.set_defaults(func=cmd_schema_snapshot)
-    diff = schema_commands.add_parser("diff", help="print drift against the contracts; exit 1 on drift")
-    diff.add_argument("table", nargs="?")
+    diff = _command(
+        schema_commands,
+        "diff",
+        "print drift against the contracts; exit 1 on drift",
+        "Compare each table's live schema with its contract and print every change with its\n"
+        "classification (additive, breaking, ...). Exit codes: 0 no drift, 1 drift (or no contract yet),\n"
+        "2 error. Suitable as a CI step of the application that owns the MySQL schema.",
+    )
+    diff.add_argument("table", nargs="?", help="one table (default: every configured table)")
     diff.set_defaults(func=cmd_schema_diff)
 
-    ddl = commands.add_parser("ddl", help="print the replica's CREATE TABLE for review")
-    ddl.add_argument("table")
+    ddl = _command(
+        commands,
+        "ddl",
+        "print the replica's CREATE TABLE for review",
+        "Print the CREATE SCHEMA and CREATE TABLE statements the replica would use for a table, mapped\n"
+        "from its live source schema and the table's replica settings. Executes nothing.",
+    )
+    ddl.add_argument("table", help="the table, as named in the config")
     ddl.add_argument(
-        "--dialect", choices=["redshift", "postgresql", "duckdb"], help="default: the warehouse's"
+        "--dialect",
+        choices=["redshift", "postgresql", "duckdb"],
+        help="SQL dialect (default: the configured warehouse's; Redshift without one)",
     )
     ddl.set_defaults(func=cmd_ddl)
     return parser
@@ -294,23 +403,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `etl-assets schema diff | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - the one place that turns any error into a readable line
-        if isinstance(exc, CliError):
-            hint = exc.hint
-        elif isinstance(exc, ConfigError):
-            hint = "fix the config file named above (README: Configuration)"
-        else:
-            hint = "re-run with --verbose for the traceback"
-        lines = str(exc).splitlines() or [type(exc).__name__]
-        prefix = "" if isinstance(exc, (CliError, ConfigError)) else f"{type(exc).__name__}: "
-        print(f"error: {prefix}{lines[0]}", file=sys.stderr)
-        for line in lines[1:]:
-            print(f"       {line}", file=sys.stderr)
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
+        _print_error(exc)
         if args.verbose:
             traceback.print_exc()
         return EXIT_ERROR
+
+
+def _print_error(exc: Exception) -> None:
+    """`error: <what>` plus `hint: <fix>` on stderr.
+
+    Messages of our own errors (this package's exception types) say what to fix and may list several
+    problems (a config file), so they are printed whole; any other exception is cut to its first line,
+    after its type (driver errors append the SQL and a link).
+    """
+    ours = isinstance(exc, (CliError, ConfigError)) or type(exc).__module__.startswith("etl_assets.")
+    if isinstance(exc, CliError):
+        hint = exc.hint
+    elif isinstance(exc, ConfigError):
+        hint = "fix the config file named above (README: Configuration)"
+    elif type(exc).__module__.startswith(("sqlalchemy", "pymysql", "psycopg")):
+        hint = "check that the database in the config's URL is reachable and the credentials are right; --verbose shows the traceback"
+    elif type(exc).__module__.startswith(("botocore", "boto3")):
+        hint = "check the AWS credentials, region and bucket in the config; --verbose shows the traceback"
+    else:
+        hint = "re-run with --verbose for the traceback"
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    if not ours:
+        lines = [f"{type(exc).__name__}: {lines[0]}"]
+    print(f"error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:]:
+        print(f"       {line}", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The embedded demo's clinic database: realistic tables spanning three years up to today (SQLite).
 
 Declared column types are MySQL's, so reflection, the type map and the contracts behave as they
-would against RDS. Rows are generated deterministically (fixed seed) relative to "now".
+would against RDS. Rows are generated deterministically (fixed seed) relative to "now": the same
+`now` and seed give the same rows, so two demos on the same day report the same numbers.
 """
 
 from __future__ import annotations
@@ -74,6 +75,21 @@ def _stamp(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
+_PRIME = 2_147_483_647  # 2**31 - 1: every intermediate product below stays inside SQLite's 64-bit integers
+
+
+def _row_hash(salt: int, seed: int) -> str:
+    """SQL for a pseudo-random non-negative integer from the row number `i` (SQLite's random() has no seed)."""
+    x = f"((i * 48271 + {salt * 7919 + seed}) % {_PRIME})"
+    return f"((({x} * {x}) % {_PRIME} + {x} * 40503) % {_PRIME})"
+
+
+def _seeded(sql: str, seed: int) -> str:
+    """`sql` with each `abs(random())` replaced by its own deterministic per-row hash."""
+    first, *rest = sql.split("abs(random())")
+    return first + "".join(_row_hash(salt, seed) + part for salt, part in enumerate(rest, start=1))
+
+
 def create_clinic(path: Path, *, now: datetime, scale: float = 1.0, seed: int = 2026) -> dict[str, int]:
     """Create the demo database at `path` (replacing it); returns rows per table."""
     rng = random.Random(seed)
@@ -105,10 +121,12 @@ def create_clinic(path: Path, *, now: datetime, scale: float = 1.0, seed: int = 
 
         # Visits and audit rows are generated inside SQLite (a recursive CTE), ten times faster than
         # binding 700k Python tuples: evenly spread over three years, some edited hours or days later.
+        # Their "random" values are hashes of the row number and the seed, so they repeat exactly.
         db.execute("PRAGMA journal_mode=WAL")
         first, seconds = _stamp(start), span
         db.execute(
-            """
+            _seeded(
+                """
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
             INSERT INTO visits
             SELECT i, 1 + abs(random()) % ?, CASE abs(random()) % 4 WHEN 0 THEN 'scheduled' WHEN 3 THEN 'cancelled'
@@ -126,6 +144,8 @@ def create_clinic(path: Path, *, now: datetime, scale: float = 1.0, seed: int = 
                                 || ' hours'), ?)
             FROM n
             """,
+                seed,
+            ),
             (
                 counts["visits"],
                 counts["patients"],
@@ -139,7 +159,8 @@ def create_clinic(path: Path, *, now: datetime, scale: float = 1.0, seed: int = 
             ),
         )
         db.execute(
-            """
+            _seeded(
+                """
             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
             INSERT INTO audit_log
             SELECT i, 'user' || (1 + abs(random()) % 80),
@@ -149,6 +170,8 @@ def create_clinic(path: Path, *, now: datetime, scale: float = 1.0, seed: int = 
                    1 + abs(random()) % ?, datetime(?, '+' || CAST(? * i / ? AS INTEGER) || ' seconds')
             FROM n
             """,
+                seed,
+            ),
             (counts["audit_log"], counts["visits"], first, seconds, counts["audit_log"]),
         )
         db.executemany(
