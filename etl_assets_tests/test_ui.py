@@ -94,12 +94,13 @@ def test_asset_graph_renders_demo_assets_and_checks(demo_ui: str, tmp_path: Path
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"{demo_ui}/asset-groups/clinic", wait_until="networkidle")
-            skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
-            if skip.count():
-                skip.first.click()
             page.get_by_text("source_table_sizes").first.wait_for(timeout=60_000)
             page.get_by_text("Passed").first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)
+            skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter dialog
+            if skip.count():
+                skip.first.click()
+                page.wait_for_timeout(500)
             text = page.inner_text("body")
             shot = tmp_path / "asset-graph.png"
             page.screenshot(path=str(shot))

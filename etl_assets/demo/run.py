@@ -529,3 +529,11 @@ def _drift_showcase(
         _say(
             f"column dropped again; schema_drift {'passes' if ok else 'still fails'} (the recovery alert would be sent)"
         )
+        if ok:
+            # Load the refused partition again (with its checks) so the UI ends where production would.
+            key = replica_key(table)
+            partitions = defs.resolve_assets_def(key).partitions_def
+            assert partitions is not None
+            last = partitions.get_last_partition_key()
+            reloaded = _run(defs, instance, [key], partition=last)
+            _say(f"replica/visits {last}: {'loaded again' if reloaded.success else 'still failing'}")
