@@ -46,6 +46,12 @@ lint: install ## ruff + pyright
 	$(BIN)/ruff format --check etl_assets etl_assets_tests scripts
 	$(BIN)/pyright
 
+bench: install services ## benchmark ROWS=N rows (default 2,000,000) and N/4: table on stdout, bench/results.json
+	@eval "$$(scripts/stack.sh env)" && $(BIN)/python bench/run.py --rows $${ROWS:-2000000} $(BENCH_ARGS)
+
+bench-quick: install services ## small benchmark run (20,000 rows) that checks the harness, as CI does
+	@eval "$$(scripts/stack.sh env)" && $(BIN)/python bench/run.py --quick --rows 20000 $(BENCH_ARGS)
+
 fmt: install ## format and auto-fix
 	$(BIN)/ruff format etl_assets etl_assets_tests scripts
 	$(BIN)/ruff check --fix etl_assets etl_assets_tests scripts

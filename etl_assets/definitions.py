@@ -17,7 +17,11 @@ from etl_assets.resources.alerts import AlertPublisher
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
-from etl_assets.schedules import build_archive_jobs_and_schedules, build_checks_job_and_schedule
+from etl_assets.schedules import (
+    build_archive_jobs_and_schedules,
+    build_checks_job_and_schedule,
+    build_replica_fallback_schedules,
+)
 from etl_assets.sensors.alerts import build_alert_sensors
 from etl_assets.sensors.new_rows import build_new_rows_sensor, build_replica_jobs
 
@@ -73,7 +77,11 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
         assets=assets,
         asset_checks=checks,
         jobs=[*archive_jobs, *replica_jobs, checks_job],
-        schedules=[*schedules, checks_schedule],
+        schedules=[
+            *schedules,
+            checks_schedule,
+            *build_replica_fallback_schedules(config=config, jobs=replica_jobs),
+        ],
         sensors=sensors,
         resources=build_resources(config),
     )

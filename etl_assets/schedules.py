@@ -10,7 +10,7 @@ from typing import Any
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_assets.assets.naming import archive_key, replica_key, source_key
+from etl_assets.assets.naming import archive_key, replica_key, replica_partitions, source_key
 from etl_assets.config import ProjectConfig
 
 CHECKS_JOB = "source_and_replica_checks"
@@ -67,3 +67,42 @@ def build_checks_job_and_schedule(
         description="Every 15 minutes: schema drift on each source table and the replica checks.",
     )
     return job, schedule
+
+
+def build_replica_fallback_schedules(
+    *, config: ProjectConfig, jobs: list[UnresolvedAssetJobDefinition]
+) -> list[dg.ScheduleDefinition]:
+    """Hourly loads of each replica's current partition: the fallback when sensors cannot run.
+
+    Stopped by default; `replica_new_rows` already starts loads when rows arrive. The same job runs
+    from the sensor, this schedule, the UI or the CLI: scheduled and on-demand are one pipeline.
+    """
+    by_name = {job.name: job for job in jobs}
+    schedules: list[dg.ScheduleDefinition] = []
+    for table in config.tables:
+        if table.replica is None:
+            continue
+        partitions = replica_partitions(config, table)
+        job = by_name[f"replica_{table.asset_name}"]
+
+        def _current(context: dg.ScheduleEvaluationContext, partitions: dg.TimeWindowPartitionsDefinition = partitions,
+                     name: str = table.asset_name) -> dg.RunRequest | dg.SkipReason:  # fmt: skip
+            moment = context.scheduled_execution_time
+            if moment.timestamp() < partitions.start.timestamp():
+                return dg.SkipReason("no partition exists yet")
+            key = partitions.get_partition_key_for_timestamp(moment.timestamp())
+            return dg.RunRequest(run_key=f"{name}:{key}:{moment:%Y%m%d%H%M}", partition_key=key,
+                                 tags={"etl_assets/trigger": "replica_fallback_schedule"})  # fmt: skip
+
+        schedules.append(
+            dg.ScheduleDefinition(
+                name=f"replica_{table.asset_name}_hourly",
+                cron_schedule="5 * * * *",
+                job=job,
+                execution_fn=_current,
+                default_status=dg.DefaultScheduleStatus.STOPPED,
+                description=f"Hourly load of the current {table.replica.partition} partition of {table.name} "
+                "(fallback for the replica_new_rows sensor).",
+            )
+        )
+    return schedules

@@ -71,3 +71,21 @@ def test_a_long_pause_becomes_one_range_run(mysql_url: str) -> None:
     assert datetime.fromisoformat(tags["dagster/asset_partition_range_end"]).replace(
         tzinfo=UTC
     ) <= datetime.now(UTC)
+
+
+def test_replica_fallback_schedule_requests_the_current_partition() -> None:
+    config = config_for(source_url="sqlite:///unused.db", warehouse_url="duckdb:///unused.duckdb",
+                        tables="  - name: visits\n    replica: {start: 2026-01-01}\n")  # fmt: skip
+    defs = build_definitions(config)
+    schedule = defs.resolve_schedule_def("replica_visits_hourly")
+    assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 28, 8, 5, tzinfo=UTC),
+        repository_def=defs.get_repository_def(),
+    )
+    requests = schedule.evaluate_tick(context).run_requests or []
+    assert [r.partition_key for r in requests] == ["2026-11-28"]
+    early = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2025, 6, 1, tzinfo=UTC), repository_def=defs.get_repository_def()
+    )
+    assert not schedule.evaluate_tick(early).run_requests
