@@ -444,7 +444,7 @@ MOTO_URL=http://127.0.0.1:$MOTO_PORT
 
 # Trailing spaces in the fragments: "-p 5000 " must not match "-p 50001".
 moto_ours_pid() { live_pid "$MOTO_PIDFILE" moto.server "-p $MOTO_PORT "; }
-moto_answers() { curl -sf -m 2 -o /dev/null "$MOTO_URL/moto-api/data.json"; }
+moto_answers() { curl -sf -m 2 -o /dev/null "$MOTO_URL/moto-api/"; }
 
 moto_start() {
   command -v curl >/dev/null || apt_install curl ca-certificates
