@@ -42,8 +42,8 @@ test-fast: install ## unit tests only (no servers)
 	$(BIN)/pytest -m "not integration and not slow and not browser" $(PYTEST_ARGS)
 
 lint: install ## ruff + pyright
-	$(BIN)/ruff check etl_assets etl_assets_tests scripts
-	$(BIN)/ruff format --check etl_assets etl_assets_tests scripts
+	$(BIN)/ruff check etl_assets etl_assets_tests scripts bench
+	$(BIN)/ruff format --check etl_assets etl_assets_tests scripts bench
 	$(BIN)/pyright
 
 bench: install services ## benchmark ROWS=N rows (default 2,000,000) and N/4: table on stdout, bench/results.json
