@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 from etl_assets.lib.contract import SchemaContract
 from etl_assets.lib.schema import SourceColumn, SourceTable
-from etl_assets.lib.typemap import Dialect, check_dialect, warehouse_type, widening_fits
+from etl_assets.lib.typemap import INTEGER_RANGES, Dialect, check_dialect, warehouse_type, widening_fits
 
 ChangeKind = Literal["added", "dropped", "retyped", "nullability", "default", "missing", "extra"]
 """What changed about a column.
@@ -753,18 +753,7 @@ def normalize_sql_type(text: str, *, dialect: str | None = None) -> str:
     return f"{canonical}({args})" if args is not None else canonical
 
 
-_WAREHOUSE_INT_RANGES = {
-    "tinyint": (-(2**7), 2**7 - 1),
-    "utinyint": (0, 2**8 - 1),
-    "smallint": (-(2**15), 2**15 - 1),
-    "usmallint": (0, 2**16 - 1),
-    "integer": (-(2**31), 2**31 - 1),
-    "uinteger": (0, 2**32 - 1),
-    "bigint": (-(2**63), 2**63 - 1),
-    "ubigint": (0, 2**64 - 1),
-    "hugeint": (-(2**127), 2**127 - 1),
-    "uhugeint": (0, 2**128 - 1),
-}
+_WAREHOUSE_INT_RANGES = {name.lower(): bounds for name, bounds in INTEGER_RANGES.items()}
 
 
 def _warehouse_shape(normalized: str) -> _Shape:

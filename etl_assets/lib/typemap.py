@@ -476,7 +476,7 @@ def redshift_byte_limit(column: SourceColumn, *, override: str | None = None) ->
 # Widening: can an existing replica column take the values of a changed source column?
 # --------------------------------------------------------------------------------------------------
 
-_INT_RANGES: dict[str, tuple[int, int]] = {
+INTEGER_RANGES: dict[str, tuple[int, int]] = {
     "TINYINT": (-(2**7), 2**7 - 1),
     "UTINYINT": (0, 2**8 - 1),
     "SMALLINT": (-(2**15), 2**15 - 1),
@@ -486,7 +486,9 @@ _INT_RANGES: dict[str, tuple[int, int]] = {
     "BIGINT": (-(2**63), 2**63 - 1),
     "UBIGINT": (0, 2**64 - 1),
     "HUGEINT": (-(2**127), 2**127 - 1),
+    "UHUGEINT": (0, 2**128 - 1),
 }
+"""Value range of every warehouse integer type, by upper-case type name (shared with drift checks)."""
 _FLOAT_RANK = {"REAL": 1, "FLOAT": 1, "FLOAT4": 1, "DOUBLE PRECISION": 2, "DOUBLE": 2, "FLOAT8": 2}
 _TEXT_NAMES = {"VARCHAR", "CHARACTER VARYING", "CHAR", "CHARACTER", "TEXT", "BPCHAR", "NVARCHAR", "STRING"}
 _BYTES_NAMES = {"VARBYTE", "VARBINARY", "BYTEA", "BLOB", "BINARY VARYING"}
@@ -521,8 +523,8 @@ def _capacity(sql_type: str) -> _Capacity:
     if not match:
         return _Capacity("other", name=normalized)
     name, first, second = match.group(1), match.group(2), match.group(3)
-    if name in _INT_RANGES:
-        low, high = _INT_RANGES[name]
+    if name in INTEGER_RANGES:
+        low, high = INTEGER_RANGES[name]
         return _Capacity("exact", Fraction(low), Fraction(high))
     if name in ("DECIMAL", "NUMERIC") and first is not None:
         precision, scale = int(first), int(second or 0)
