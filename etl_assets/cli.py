@@ -64,7 +64,7 @@ def _tables(config: ProjectConfig, name: str | None, *, need: str | None = None)
 
 
 def _source(config: ProjectConfig):
-    from etl_assets.resources.settings import resolve_setting
+    from etl_assets.config import resolve_setting
     from etl_assets.resources.source import SourceClient
 
     return SourceClient(resolve_setting(config.path, "source.url", config.source.url))
@@ -73,9 +73,9 @@ def _source(config: ProjectConfig):
 def cmd_plan(args: argparse.Namespace) -> int:
     """Rows per eligible archive partition; nothing is written or deleted."""
     from etl_assets.assets.naming import archive_partitions
+    from etl_assets.config import resolve_setting
     from etl_assets.engine.archive import committed_manifests, plan_partitions
     from etl_assets.lib.windows import Window, add_months, utc
-    from etl_assets.resources.settings import resolve_setting
     from etl_assets.resources.store import open_store
 
     config = _config(args)
@@ -127,8 +127,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     """Put the archived rows of one partition back into the source."""
+    from etl_assets.config import resolve_setting
     from etl_assets.engine.archive import ArchiveError, restore_partition
-    from etl_assets.resources.settings import resolve_setting
     from etl_assets.resources.store import open_store
 
     config = _config(args)

@@ -700,14 +700,14 @@ class ProjectConfig(_Model):
         return path if path.is_absolute() else self.base_dir / path
 
 
-def resolve_value(config: ProjectConfig, key: str, value: str) -> str:
-    """Resolve the `${VAR}` / `${VAR:-default}` references in `value`, read from `config` at `key`.
+def resolve_setting(config_file: str, key: str, value: str) -> str:
+    """Resolve the `${VAR}` / `${VAR:-default}` references in `value`, read from `config_file` at `key`.
 
     Resources call this when a run needs the value; the result must not be logged or shown.
 
     Raises:
         ConfigError: `<file>: <key>: environment variable X is not set; export X=... or give a
-            default with ${X:-...}` (names the variable, never a value).
+            default with ${X:-...}` (names the unset variable, never a value).
     """
     try:
         return envvars.resolve(value)
@@ -716,7 +716,12 @@ def resolve_value(config: ProjectConfig, key: str, value: str) -> str:
         if exc.variable:
             name = exc.variable
             fix = f"; export {name}=... or give a default with ${{{name}:-...}}"
-        raise ConfigError(f"{config.path or '(config)'}: {key}: {exc}{fix}") from None
+        raise ConfigError(f"{config_file or '(config)'}: {key}: {exc}{fix}") from None
+
+
+def resolve_value(config: ProjectConfig, key: str, value: str) -> str:
+    """`resolve_setting` for a value of a loaded config."""
+    return resolve_setting(config.path, key, value)
 
 
 def find_config_path(cwd: Path | None = None) -> Path:

@@ -66,7 +66,7 @@ class AlertPublisher(dg.ConfigurableResource):
         Raises:
             ConfigError: the template names a variable that is not set.
         """
-        from etl_assets.resources.settings import resolve_setting
+        from etl_assets.config import resolve_setting
 
         return resolve_setting(self.config_file, "alerts.sns_topic_arn", self.sns_topic_arn).strip()
 

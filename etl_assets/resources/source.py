@@ -26,10 +26,10 @@ from pydantic import Field
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
 
+from etl_assets.config import resolve_setting
 from etl_assets.lib.convert import RowsToArrow, converter_for
 from etl_assets.lib.schema import SourceColumn, SourceTable
 from etl_assets.lib.windows import Window
-from etl_assets.resources.settings import resolve_setting
 
 
 class SourceError(RuntimeError):

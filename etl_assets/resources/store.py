@@ -390,7 +390,7 @@ class ArchiveStore(dg.ConfigurableResource):
 
     def open(self) -> ObjectStore:
         """Resolve templates and open the store (no network call yet)."""
-        from etl_assets.resources.settings import resolve_setting
+        from etl_assets.config import resolve_setting
 
         return open_store(
             resolve_setting(self.config_file, "archive.url", self.url),

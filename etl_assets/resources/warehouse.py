@@ -33,10 +33,10 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy import exc as sa_exc
 
+from etl_assets.config import resolve_setting
 from etl_assets.lib import sql
 from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.typemap import Dialect, warehouse_types
-from etl_assets.resources.settings import resolve_setting
 from etl_assets.resources.store import ObjectStore, open_store
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
