@@ -75,7 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from etl_assets.assets.naming import archive_partitions
     from etl_assets.config import resolve_setting
     from etl_assets.engine.archive import committed_manifests, plan_partitions
-    from etl_assets.lib.windows import Window, add_months, utc
+    from etl_assets.lib.windows import month_window
     from etl_assets.resources.store import open_store
 
     config = _config(args)
@@ -90,10 +90,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             assert table.archive is not None
             source_table = client.reflect(table.name, primary_key=table.primary_key)
             keys = archive_partitions(config, table).get_partition_keys()
-            windows = []
-            for key in keys:
-                start = utc(datetime.fromisoformat(key))
-                windows.append((key, Window(start, add_months(start, 1))))
+            windows = [(key, month_window(key)) for key in keys]
             counts = [(k, n) for k, n in plan_partitions(source=client, source_table=source_table,
                                                           time_column=table.time_column, windows=windows) if n]  # fmt: skip
             nulls = client.count_null_time(source_table, table.time_column)

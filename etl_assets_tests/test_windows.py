@@ -216,3 +216,12 @@ def test_check_archive_eligible_refuses_a_too_new_month_and_names_the_newest_all
 def test_check_archive_eligible_refuses_the_current_month() -> None:
     with pytest.raises(ValueError, match="newest partition that may be archived today is 2025-11-01"):
         check_archive_eligible(Window(at(2026, 1, 1), at(2026, 2, 1)), Period(1, "months"), at(2026, 1, 20))
+
+
+def test_month_window_of_a_partition_key_is_that_month_half_open() -> None:
+    from etl_assets.lib.windows import month_window
+
+    window = month_window("2024-02-01")
+    assert window.start == datetime(2024, 2, 1, tzinfo=UTC)
+    assert window.end == datetime(2024, 3, 1, tzinfo=UTC)
+    assert month_window("2023-12-01").end == datetime(2024, 1, 1, tzinfo=UTC)

@@ -5,7 +5,6 @@ Materializing one partition does the whole job (extract, stage, verify, purge, c
 after the other, so a first archive of years of history is one process, not hundreds of runs.
 """
 
-from datetime import datetime
 from typing import Any
 
 import dagster as dg
@@ -23,18 +22,14 @@ from etl_assets.assets.naming import (
 from etl_assets.config import ProjectConfig, TableConfig, utcnow
 from etl_assets.engine.archive import ArchiveError, ArchiveJob, ArchiveReport
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
-from etl_assets.lib.windows import Window, add_months, utc
+from etl_assets.lib.windows import Window, month_window
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
 
 
 def _month_windows(context: dg.AssetExecutionContext) -> list[tuple[str, Window]]:
-    windows = []
-    for key in context.partition_keys:
-        start = utc(datetime.fromisoformat(key))
-        windows.append((key, Window(start, add_months(start, 1))))
-    return windows
+    return [(key, month_window(key)) for key in context.partition_keys]
 
 
 def _metadata(reports: list[ArchiveReport]) -> dict[str, Any]:

@@ -154,3 +154,9 @@ def check_archive_eligible(window: Window, retention: Period, now: datetime) -> 
 def months_between(start: datetime, end: datetime) -> int:
     """Whole months from `start`'s month to `end`'s month (end exclusive)."""
     return (end.year - start.year) * 12 + (end.month - start.month)
+
+
+def month_window(partition_key: str) -> Window:
+    """The window of a monthly partition key such as `2024-01-01`: that month, half-open, UTC."""
+    start = utc(datetime.fromisoformat(partition_key))
+    return Window(start, add_months(start, 1))
