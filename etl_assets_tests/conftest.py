@@ -11,10 +11,15 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from etl_assets_tests.reliability import Record, Reliability, activate, is_reliability_file, scenario_name
+from etl_assets_tests.reliability import append as append_record
 
 DEFAULT_MYSQL_URL = "mysql+pymysql://etl:etl-test-pass@127.0.0.1:3306/"
 DEFAULT_PG_URL = "postgresql+psycopg://etl:etl-test-pass@127.0.0.1:5432/etl_test"
@@ -33,7 +38,7 @@ def mysql_server_url() -> str:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
+    except sa_exc.OperationalError as exc:
         pytest.fail(
             f"MariaDB is not reachable at {engine.url.render_as_string(hide_password=True)}: run `make services` ({exc.orig})"
         )
@@ -65,7 +70,7 @@ def pg_server_url() -> str:
     try:
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
+    except sa_exc.OperationalError as exc:
         pytest.fail(f"PostgreSQL is not reachable: run `make services` ({exc.orig})")
     finally:
         engine.dispose()
@@ -147,3 +152,51 @@ def locked_bucket(s3_endpoint: str) -> Iterator[str]:
         client.delete_bucket(Bucket=name)
     except Exception:  # noqa: BLE001 - COMPLIANCE objects cannot be removed
         pass
+
+
+# -- reliability scenarios (see reliability.py) ---------------------------------------------------------
+
+_RELIABILITY = pytest.StashKey[Reliability]()
+_OUTCOME = pytest.StashKey[str]()
+_RECORDS = pytest.StashKey[list[Record]]()
+
+
+@pytest.fixture(autouse=True)
+def reliability(request: pytest.FixtureRequest) -> Iterator[Reliability]:
+    """What this test accounted for: `reliability.checked(rows=..., lost=...)` (see reliability.py)."""
+    category, name = scenario_name(request.node.nodeid)
+    record = Reliability(category, name)
+    request.node.stash[_RELIABILITY] = record
+    activate(record)
+    try:
+        yield record
+    finally:
+        activate(None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """After a reliability test's last phase, record its scenario line (failed in any phase = FAIL)."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.outcome != "passed" and item.stash.get(_OUTCOME, "passed") != "failed":
+        item.stash[_OUTCOME] = report.outcome
+    if report.when != "teardown":
+        return
+    record = item.stash.get(_RELIABILITY, None)
+    if record is None:
+        record = Reliability(*scenario_name(item.nodeid))
+    if not (is_reliability_file(item.nodeid) or record.calls):
+        return
+    line = record.record(item.stash.get(_OUTCOME, "passed"))
+    item.config.stash.setdefault(_RECORDS, []).append(line)
+    append_record(line)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One line per reliability scenario that ran."""
+    records = config.stash.get(_RECORDS, [])
+    if records:
+        terminalreporter.section("reliability scenarios")
+        for record in records:
+            terminalreporter.write_line(record.line())
