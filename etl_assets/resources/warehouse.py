@@ -449,8 +449,14 @@ class WarehouseClient:
         except (sa_exc.DBAPIError, Exception) as exc:
             if isinstance(exc, WarehouseError):
                 raise
+            lost = ""
+            if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+                lost = (
+                    "the connection to the warehouse was lost mid-load (server restarted or network failure); "
+                    "re-run the load, a retry never duplicates rows. "
+                )
             raise WarehouseError(
-                f"loading {self.schema}.{table} failed and was rolled back (nothing committed): "
+                f"loading {self.schema}.{table} failed and was rolled back (nothing committed): {lost}"
                 f"{getattr(exc, 'orig', exc)}"
             ) from exc
         finally:
@@ -577,8 +583,9 @@ class WarehouseClient:
                 path = Path(tmp) / f"part-{index}.parquet"
                 pq.write_table(pa.Table.from_batches([ready]), path, compression="zstd")
                 key = f"{prefix}/part-{index:05d}.parquet"
-                stored = self.staging.put_file(key, path, lock=False)
+                # Listed before the upload: a failed upload (or its size check) may still leave the object.
                 staged_keys.append(key)
+                stored = self.staging.put_file(key, path, lock=False)
                 result.bytes_staged += stored.size
                 track(batch)
                 path.unlink()
