@@ -67,7 +67,9 @@ def _source(config: ProjectConfig):
     from etl_assets.config import resolve_setting
     from etl_assets.resources.source import SourceClient
 
-    return SourceClient(resolve_setting(config.path, "source.url", config.source.url))
+    return SourceClient(
+        resolve_setting(config.path, "source.url", config.source.url), reader=config.source.reader
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

@@ -31,7 +31,12 @@ def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]
     archive = config.archive
     warehouse = config.warehouse
     return {
-        "source": SourceDatabase(url=config.source.url, config_file=config.path),
+        "source": SourceDatabase(
+            url=config.source.url,
+            replicas=list(config.source.replicas),
+            config_file=config.path,
+            reader=config.source.reader,
+        ),
         "archive_store": ArchiveStore(
             url=archive.url if archive else "",
             kms_key_id=archive.kms_key_id if archive else "",

@@ -256,13 +256,14 @@ def read_committed(store: ObjectStore) -> pa.Table:
     return pa.concat_tables(parts).sort_by("id")
 
 
-@pytest.fixture
-def archived(mysql_url: str, s3_bucket: str) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["arrow", "pymysql"])
+def archived(request: pytest.FixtureRequest, mysql_url: str, s3_bucket: str) -> Iterator[dict[str, Any]]:
+    """The table archived by each reader: both must produce the same exact values."""
     seed(mysql_url)
     original = fetch_rows(mysql_url)
     store = open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
     config = config_for(source_url=mysql_url, archive_url=f"s3://{s3_bucket}/archive", tables=TABLES)
-    client = SourceClient(mysql_url)
+    client = SourceClient(mysql_url, reader=request.param)
     source_table = client.reflect(TABLE)
     job = ArchiveJob(
         source=client,
@@ -276,6 +277,7 @@ def archived(mysql_url: str, s3_bucket: str) -> Iterator[dict[str, Any]]:
         log=lambda message: None,
     )
     report = job.run()
+    assert client.reader_note.lower().startswith(request.param), client.reader_note
     yield {"url": mysql_url, "store": store, "client": client, "table": source_table, "report": report,
            "original": original}  # fmt: skip
     client.dispose()

@@ -26,30 +26,43 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as _compute
 import pyarrow.parquet as pq
+from sqlalchemy import exc as sa_exc
 
 from etl_assets.config import TableConfig
-from etl_assets.lib.digest import PkDigest, pk_digest
-from etl_assets.lib.layout import PartitionLayout
+from etl_assets.lib.digest import PkDigest, digest_of_hashes, pk_digest, pk_hashes, repeated_hashes
+from etl_assets.lib.layout import PartitionLayout, is_queryable
 from etl_assets.lib.manifest import Manifest, PartInfo
 from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.typemap import arrow_schema
 from etl_assets.lib.windows import Window, check_archive_eligible
-from etl_assets.resources.source import SourceClient, throttle
+from etl_assets.resources.source import (
+    LOCK_CONFLICT_CODES,
+    LockLostError,
+    PurgeOutcome,
+    SourceClient,
+    describe_error,
+    mysql_error_code,
+    throttle,
+)
 from etl_assets.resources.store import ObjectStore, StoreError
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
 pc: Any = _compute
 
 Log = Callable[[str], None]
+
+# A delete batch that hits a lock wait timeout or deadlock is tried this often before the run stops.
+_LOCK_CONFLICT_ATTEMPTS = 3
 
 
 class ArchiveError(RuntimeError):
@@ -129,6 +142,19 @@ class Progress:
         return text + ")"
 
 
+def _split_at_part_ends(
+    batches: Iterable[pa.RecordBatch], part_rows: int, rows_in_part: Callable[[], int]
+) -> Iterator[pa.RecordBatch]:
+    """The non-empty batches, cut where the current part reaches `part_rows` rows."""
+    for batch in batches:
+        offset = 0
+        while offset < batch.num_rows:
+            room = max(part_rows - rows_in_part(), 1)
+            piece = batch.slice(offset, room)
+            offset += piece.num_rows
+            yield piece
+
+
 def _keys_of(table: pa.Table | pa.RecordBatch, primary_key: Sequence[str]) -> list[tuple[Any, ...]]:
     columns = [table.column(name).to_pylist() for name in primary_key]
     return list(zip(*columns, strict=True))
@@ -189,24 +215,55 @@ class ArchiveJob:
             check_archive_eligible(self.window, self.settings.retention_period, self.now)
         except ValueError as exc:
             raise ArchiveError(f"table '{self.table.name}': {exc}") from None
-        with self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds):
+        self._phase = "taking the table lock"
+        with (
+            self._source_failures_explained(),
+            self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds),
+        ):
+            self._phase = "recovery of earlier runs"
             self._recover()
             committed = self._committed_manifests()
+            # Before extracting, so a tampered or damaged partition is reported, never added to.
+            check_committed_partition(self.store, self.layout, committed, table=self.table.name)
             if not self.settings.purge and committed:
                 self.report.message = (
                     f"partition {self.partition_key} is already archived by run(s) "
                     f"{', '.join(m.run_id for m in committed)} and purge is off; nothing to do"
                 )
             else:
+                self._phase = "extraction"
                 staged = self._extract()
                 if staged is None:
                     self.report.message = self.report.message or "no rows to archive in this window"
                 else:
                     self._finish(self._verify(staged))
+            self._phase = "the final counts"
             self.report.null_time_rows = self.source.count_null_time(self.source_table, self.time_column)
             self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
         self.report.seconds = time.monotonic() - started
         return self.report
+
+    @contextlib.contextmanager
+    def _source_failures_explained(self) -> Iterator[None]:
+        """Turn a failing source (restart, KILL, lost lock) into an error that names the table and says
+        what to do. SQLAlchemy's own message would quote the statement with its bound primary keys."""
+        where = f"table '{self.table.name}' partition {self.partition_key}"
+        safe = (
+            "Nothing was lost: a row leaves the source only after its copy was verified in the store, and "
+            "the next run rolls forward what this run verified (or discards what it did not)"
+        )
+        try:
+            yield
+        except LockLostError as exc:
+            raise ArchiveError(
+                f"{where}: {exc}. The run stopped before its next delete, so that two runs never delete from "
+                f"the table at once. {safe}. Re-run the partition"
+            ) from None
+        except sa_exc.DBAPIError as exc:
+            raise ArchiveError(
+                f"{where}: the source database failed during {self._phase} ({describe_error(exc)}). {safe}. "
+                "Re-run the partition once the database answers again"
+            ) from None
 
     # -- recovery ------------------------------------------------------------------------------------------
 
@@ -263,7 +320,9 @@ class ArchiveJob:
 
     # -- extract -------------------------------------------------------------------------------------------
 
-    def _manifest(self, state: Any, parts: list[PartInfo], digest: PkDigest) -> Manifest:
+    def _manifest(
+        self, state: Any, parts: list[PartInfo], digest: PkDigest, repeated: list[int] | None = None
+    ) -> Manifest:
         return Manifest(
             table=self.table.name,
             partition=self.partition_key,
@@ -279,6 +338,7 @@ class ArchiveJob:
             columns=[c.to_dict() for c in self.source_table.columns],
             source={"database": self.source.label, "table": self.table.name},
             created_at=self.now.isoformat(),
+            repeated_key_hashes=repeated or [],
         )
 
     def _extract(self) -> Manifest | None:
@@ -297,12 +357,16 @@ class ArchiveJob:
         progress = Progress(self.log, "extracted", expected)
         parts: list[PartInfo] = []
         total = PkDigest()
+        seen_hashes: list[np.ndarray] = []  # 8 bytes per row, to find keys read twice
         with tempfile.TemporaryDirectory(prefix="etl-archive-") as tmp:
             writer: pq.ParquetWriter | None = None
             part_rows = 0
             part_digest = PkDigest()
             part_bounds: list[Any] = [None, None]
             path = Path(tmp) / "part.parquet"
+
+            def current_part_rows() -> int:
+                return part_rows
 
             def close_part() -> None:
                 nonlocal writer, part_rows, part_digest, part_bounds
@@ -319,15 +383,15 @@ class ArchiveJob:
             # closing(): a failed upload must end the server-side SELECT now, not at garbage collection,
             # or its metadata lock blocks DDL on the source table.
             with contextlib.closing(batches):
-                for batch in batches:
-                    if batch.num_rows == 0:
-                        continue
+                for batch in _split_at_part_ends(batches, self.settings.part_rows, current_part_rows):
                     if writer is None:
                         writer = pq.ParquetWriter(
                             path, self.schema, compression="zstd", write_statistics=True
                         )
                     writer.write_batch(batch)
-                    digest = pk_digest([batch.column(n) for n in self.primary_key])
+                    hashes = pk_hashes([batch.column(n) for n in self.primary_key])
+                    seen_hashes.append(hashes)
+                    digest = digest_of_hashes(hashes)
                     part_digest, total = part_digest + digest, total + digest
                     part_rows += batch.num_rows
                     if len(self.primary_key) == 1:
@@ -346,8 +410,17 @@ class ArchiveJob:
         self.report.extract_seconds += time.monotonic() - started
         if total.count == 0:
             return None
-        self.log(progress.line() + f"; staged {len(parts)} part(s), {self.report.bytes_written:,} bytes")
-        manifest = self._manifest("extracted", parts, total)
+        self.log(
+            progress.line() + f"; staged {len(parts)} part(s), {self.report.bytes_written:,} bytes; "
+            f"reader: {self.source.reader_note}"
+        )
+        repeated = repeated_hashes(seen_hashes)
+        if repeated:
+            self.log(
+                f"{len(repeated)} key(s) were read twice (updated while the window was read in slices); "
+                "those rows stay in the source and are archived by a later run"
+            )
+        manifest = self._manifest("extracted", parts, total, repeated)
         self.store.put_bytes(
             self.layout.manifest_key(self.run_id, staging=True), manifest.to_json(), lock=False
         )
@@ -398,6 +471,12 @@ class ArchiveJob:
         kept: dict[str, set[tuple[Any, ...]]] = {}
         if self.settings.purge:
             kept = self._purge(manifest)
+        elif manifest.repeated_key_hashes:
+            # Without a purge the rows read twice still must not enter the archive twice.
+            with tempfile.TemporaryDirectory(prefix="etl-keep-") as tmp:
+                for part in manifest.parts:
+                    table = self._read_part(part.key, self.primary_key, Path(tmp))
+                    kept[part.key] = self._keep_repeated(manifest, table)
         self._commit(manifest, kept)
 
     def _purge(self, manifest: Manifest) -> dict[str, set[tuple[Any, ...]]]:
@@ -411,9 +490,13 @@ class ArchiveJob:
                 # Re-read from the store: the purge trusts only what it can read back itself.
                 table = self._read_part(part.key, [*self.primary_key, self.time_column], Path(tmp))
                 self._check_part(part, table)
+                part_kept = self._keep_repeated(manifest, table)
+                if part_kept:
+                    table = table.filter(
+                        pa.array([key not in part_kept for key in _keys_of(table, self.primary_key)])
+                    )
                 keys = _keys_of(table, self.primary_key)
                 times = table.column(self.time_column).to_pylist()
-                part_kept: set[tuple[Any, ...]] = set()
                 for start in range(0, len(keys), self.settings.batch_size):
                     batch_keys = keys[start : start + self.settings.batch_size]
                     if stopped or (deadline is not None and time.monotonic() >= deadline):
@@ -426,6 +509,7 @@ class ArchiveJob:
                         self.report.rows_kept_deadline += len(batch_keys)
                         continue
                     if not throttle(self.source, max_threads_running=self.settings.max_threads_running,
+                                    max_replica_lag_seconds=self.settings.max_replica_lag_seconds,
                                     deadline=deadline, log=self.log):  # fmt: skip
                         stopped = True
                         part_kept.update(batch_keys)
@@ -442,12 +526,7 @@ class ArchiveJob:
                     if eligible:
                         wanted = set(eligible)
                         expected = {k: times[start + i] for i, k in enumerate(batch_keys) if k in wanted}
-                        outcome = self.source.delete_unchanged(
-                            self.source_table,
-                            primary_key=self.primary_key,
-                            time_column=self.time_column,
-                            expected=expected,
-                        )
+                        outcome = self._delete_batch(expected)
                         self.report.rows_purged += len(outcome.deleted)
                         self.report.rows_kept_changed += len(outcome.changed)
                         self.report.longest_delete_seconds = max(
@@ -467,7 +546,61 @@ class ArchiveJob:
         )
         return kept
 
+    def _keep_repeated(self, manifest: Manifest, table: pa.Table) -> set[tuple[Any, ...]]:
+        """Keys of `table` that the extraction read twice: never purged, left out of the commit."""
+        if not manifest.repeated_key_hashes:
+            return set()
+        hashes = pk_hashes([table.column(n) for n in self.primary_key])
+        repeated = np.isin(hashes, np.array(manifest.repeated_key_hashes, dtype=np.uint64))
+        keys = {key for key, hit in zip(_keys_of(table, self.primary_key), repeated, strict=True) if hit}
+        self.report.rows_kept_changed += int(repeated.sum())
+        return keys
+
+    def _delete_batch(self, expected: dict[tuple[Any, ...], Any]) -> PurgeOutcome:
+        """Delete one batch (`SourceClient.delete_unchanged`), only while this run holds the table lock.
+
+        A lock wait timeout or deadlock means another transaction holds some of these rows; InnoDB
+        rolled the batch back, so it is retried a few times (the holder is usually a short application
+        transaction) before the run stops with an error that says so.
+
+        Raises:
+            LockLostError: the table lock is gone (see `SourceClient.assert_lock_held`).
+            ArchiveError: the batch kept hitting lock conflicts.
+        """
+        self._phase = "the purge"
+        attempt = 1
+        while True:
+            self.source.assert_lock_held(self.table.name, "archive")
+            try:
+                return self.source.delete_unchanged(
+                    self.source_table,
+                    primary_key=self.primary_key,
+                    time_column=self.time_column,
+                    expected=expected,
+                )
+            except sa_exc.DBAPIError as exc:
+                what = LOCK_CONFLICT_CODES.get(mysql_error_code(exc) or 0)
+                if what is None:
+                    raise
+                if attempt >= _LOCK_CONFLICT_ATTEMPTS:
+                    raise ArchiveError(
+                        f"table '{self.table.name}' partition {self.partition_key}: a delete batch of "
+                        f"{len(expected):,} rows failed {attempt} times with {what}: another transaction keeps "
+                        "some of these rows locked (see information_schema.INNODB_TRX). Each attempt was rolled "
+                        "back and nothing was lost: rows deleted before it are in verified staging parts, which "
+                        "the next run commits. Re-run the partition once that transaction has ended"
+                    ) from None
+                self.log(
+                    f"a delete batch of {len(expected):,} rows hit {what}: another transaction holds some of "
+                    f"them. The batch was rolled back; retrying ({attempt}/{_LOCK_CONFLICT_ATTEMPTS - 1})"
+                )
+                time.sleep(attempt)  # back off 1 s, 2 s: give the other transaction time to end
+                attempt += 1
+
     def _commit(self, manifest: Manifest, kept: dict[str, set[tuple[Any, ...]]]) -> None:
+        # Publishing is the last step that must not interleave with another run of the table (which
+        # could be rolling this very run forward); deletes check the lock the same way.
+        self.source.assert_lock_held(self.table.name, "archive")
         started = time.monotonic()
         committed_parts: list[PartInfo] = []
         total = PkDigest()
@@ -549,6 +682,114 @@ def committed_manifests(store: ObjectStore, table: str, month: datetime) -> list
     return sorted((m for m in manifests if m.state == "committed"), key=lambda m: m.committed_at)
 
 
+def check_committed_partition(
+    store: ObjectStore, layout: PartitionLayout, manifests: Sequence[Manifest], *, table: str
+) -> None:
+    """Check that a committed partition's objects agree with its manifests, without reading Parquet.
+
+    Each manifest's row count and key digest must be the sums of its parts'; every listed part must
+    exist with the listed size (and SHA-256, where the store reports one); no `.parquet` object may sit
+    in the partition's queryable folder unlisted (query engines would read it, restore would not).
+
+    Raises:
+        ArchiveError: naming the partition, every disagreement found and what to do.
+    """
+    problems: list[str] = []
+    listed: set[str] = set()
+    for manifest in manifests:
+        total = PkDigest()
+        for part in manifest.parts:
+            listed.add(part.key)
+            total = total + PkDigest.parse(part.pk_digest)
+            stored = store.head(part.key)
+            if stored is None:
+                problems.append(f"part {store.url(part.key)} of run {manifest.run_id} is missing")
+            elif stored.size != part.bytes:
+                problems.append(
+                    f"part {store.url(part.key)} has {stored.size:,} bytes, its manifest says {part.bytes:,}"
+                )
+            elif stored.sha256 and part.sha256 and stored.sha256 != part.sha256:
+                problems.append(f"part {store.url(part.key)} has another SHA-256 than its manifest records")
+        if sum(p.rows for p in manifest.parts) != manifest.rows or total.count != manifest.rows:
+            problems.append(
+                f"manifest {manifest.run_id} says {manifest.rows:,} rows, its parts list "
+                f"{sum(p.rows for p in manifest.parts):,}"
+            )
+        elif str(total) != manifest.pk_digest:
+            problems.append(
+                f"manifest {manifest.run_id} has key digest {manifest.pk_digest}, its parts add up to {total}"
+            )
+    unlisted = [
+        k
+        for k in store.list(layout.folder)
+        if is_queryable(k) and not k.startswith(layout.staging_folder) and k not in listed
+    ]
+    problems += [f"{store.url(k)} is in the queryable folder but in no committed manifest" for k in unlisted]
+    if problems:
+        raise ArchiveError(
+            f"table '{table}' partition {layout.month:%Y-%m-%d}: the committed archive does not match its "
+            f"manifest(s): {'; '.join(problems)}. Nothing was read, inserted or deleted. Objects in the "
+            "archive changed after they were committed: restore the originals from their S3 versions (or "
+            "Object Lock copies) and re-run; an unlisted part left by an interrupted commit is finished by "
+            "re-running the archive of this partition"
+        )
+
+
+def _max_packet(source: SourceClient) -> int | None:
+    """The MySQL server's max_allowed_packet (what a new session gets), or None for other sources."""
+    if source.dialect != "mysql":
+        return None
+    with source.engine.connect() as conn:
+        return int(conn.exec_driver_sql("SELECT @@global.max_allowed_packet").scalar() or 0) or None
+
+
+# Bytes the INSERT adds around a row's values (statement text, quotes, separators); generous.
+_INSERT_OVERHEAD = 64 * 1024
+_ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")
+
+
+def _statement_bytes(value: Any) -> int:
+    """Bytes `value` takes in an INSERT sent by PyMySQL (escaped characters count twice)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return len(value) + sum(value.count(c) for c in _ESCAPED) + 10
+    return 32
+
+
+def _check_row_sizes(
+    data: pa.Table, *, table: str, partition: str, primary_key: list[str], limit: int
+) -> None:
+    """ArchiveError when a row cannot be inserted because it exceeds the server's max_allowed_packet."""
+    budget = limit - _INSERT_OVERHEAD
+    kinds = (pa.types.is_string, pa.types.is_binary, pa.types.is_large_string, pa.types.is_large_binary)
+    widths = [
+        pc.fill_null(pc.binary_length(data.column(field.name)), 0).cast(pa.int64())
+        for field in data.schema
+        if any(kind(field.type) for kind in kinds)
+    ]
+    if not widths:
+        return
+    raw = widths[0]
+    for width in widths[1:]:
+        raw = pc.add(raw, width)
+    # Only rows near the limit are measured exactly (escaping adds at most one byte per byte).
+    for position in pc.indices_nonzero(pc.greater(pc.multiply(raw, 2), budget)).to_pylist():
+        row = data.slice(position, 1).to_pylist()[0]
+        sizes = {name: _statement_bytes(value) for name, value in row.items()}
+        size = sum(sizes.values())
+        if size > budget:
+            widest = max(sizes, key=lambda name: sizes[name])
+            key = {k: row[k] for k in primary_key}
+            need = 1 << (size + _INSERT_OVERHEAD).bit_length()
+            raise ArchiveError(
+                f"table '{table}' partition {partition}: row {key} needs an INSERT of about {size:,} bytes (column "
+                f"'{widest}' alone {sizes[widest]:,}), more than the source server's max_allowed_packet "
+                f"({limit:,}). Raise max_allowed_packet to at least {need:,} (SET GLOBAL max_allowed_packet = "
+                f"{need}; on RDS/Aurora in the DB parameter group) and re-run restore; nothing was restored"
+            )
+
+
 @dataclass
 class RestoreReport:
     """What `restore` did."""
@@ -583,23 +824,36 @@ def restore_partition(
             f"no committed archive for table '{table}' partition {month:%Y-%m-%d}; nothing to restore"
         )
     primary_key = list(source_table.primary_key or manifests[0].primary_key)
+    check_committed_partition(
+        store, PartitionLayout(prefix="", table=table, month=month), manifests, table=table
+    )
+    packet_limit = _max_packet(source)
     report = RestoreReport()
     with tempfile.TemporaryDirectory(prefix="etl-restore-") as tmp:
         tables: list[pa.Table] = []
         for manifest in manifests:
             for part in manifest.parts:
                 local = Path(tmp) / f"{len(tables)}.parquet"
-                store.download(part.key, local)
                 try:
+                    store.download(part.key, local)
                     data = pq.read_table(local)
+                except StoreError as exc:
+                    raise ArchiveError(
+                        f"part {store.url(part.key)} cannot be read: {exc}; nothing was restored"
+                    ) from None
                 except (pa.ArrowInvalid, OSError) as exc:
-                    raise ArchiveError(f"part {store.url(part.key)} is not readable Parquet: {exc}") from None
+                    raise ArchiveError(
+                        f"part {store.url(part.key)} is not readable Parquet: {exc}; nothing was restored"
+                    ) from None
                 digest = pk_digest([data.column(n) for n in primary_key])
                 if data.num_rows != part.rows or str(digest) != part.pk_digest:
                     raise ArchiveError(
                         f"part {store.url(part.key)} does not match manifest {manifest.run_id}: {data.num_rows} rows, "
                         f"digest {digest} (expected {part.rows} rows, {part.pk_digest}); nothing was restored"
                     )
+                if packet_limit:
+                    _check_row_sizes(data, table=table, partition=f"{month:%Y-%m-%d}", primary_key=primary_key,
+                                     limit=packet_limit)  # fmt: skip
                 tables.append(data)
         for data in tables:
             report.parts += 1

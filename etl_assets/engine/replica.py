@@ -23,12 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as _compute
 
 from etl_assets.config import TableConfig
-from etl_assets.lib.convert import RowsToArrow
 from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.sql import add_column_sql
 from etl_assets.lib.typemap import arrow_schema, redshift_byte_limit
 from etl_assets.lib.windows import Window
-from etl_assets.resources.source import SourceClient
+from etl_assets.resources.source import SourceClient, ZeroDateCounts
 from etl_assets.resources.warehouse import LoadResult, WarehouseClient
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
@@ -313,7 +312,7 @@ class ReplicaJob:
 
     def _batches(
         self, read_window: Window | None
-    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
+    ) -> tuple[Generator[pa.RecordBatch, None, None], ZeroDateCounts]:
         schema = arrow_schema(self.source_table)
         if read_window is None:
             return self.source.stream_all(

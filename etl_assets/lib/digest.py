@@ -69,16 +69,34 @@ class PkDigest:
         return cls(int(count), int(total, 16), int(xor, 16))
 
 
-def pk_digest(columns: Sequence[pa.Array | pa.ChunkedArray]) -> PkDigest:
-    """Digest of the keys formed by `columns` (one array per primary-key column, equal lengths)."""
+def pk_hashes(columns: Sequence[pa.Array | pa.ChunkedArray]) -> np.ndarray:
+    """One 64-bit hash per key formed by `columns` (one array per primary-key column, equal lengths)."""
     if not columns:
         raise ValueError("no primary-key columns given")
     combined = _column_hashes(columns[0])
     for column in columns[1:]:
         with np.errstate(over="ignore"):
             combined = _splitmix64(combined * np.uint64(31) + _column_hashes(column))
-    if not len(combined):
+    return combined
+
+
+def digest_of_hashes(hashes: np.ndarray) -> PkDigest:
+    """The digest of keys already hashed by `pk_hashes`."""
+    if not len(hashes):
         return PkDigest()
-    total = int(combined.sum(dtype=np.uint64)) & _MASK
-    xor = int(np.bitwise_xor.reduce(combined))
-    return PkDigest(len(combined), total, xor)
+    total = int(hashes.sum(dtype=np.uint64)) & _MASK
+    xor = int(np.bitwise_xor.reduce(hashes))
+    return PkDigest(len(hashes), total, xor)
+
+
+def repeated_hashes(hashes: Sequence[np.ndarray]) -> list[int]:
+    """Hashes that occur more than once across `hashes` (sorted): keys read twice."""
+    if not hashes:
+        return []
+    values, counts = np.unique(np.concatenate(hashes), return_counts=True)
+    return [int(value) for value in values[counts > 1]]
+
+
+def pk_digest(columns: Sequence[pa.Array | pa.ChunkedArray]) -> PkDigest:
+    """Digest of the keys formed by `columns` (one array per primary-key column, equal lengths)."""
+    return digest_of_hashes(pk_hashes(columns))

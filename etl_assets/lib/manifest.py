@@ -50,6 +50,9 @@ class Manifest:
     columns: list[dict[str, Any]] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    # Key hashes read twice by a sliced extraction (a row updated between two slice queries): the
+    # purge leaves those rows in the source and the commit leaves them out of the archive.
+    repeated_key_hashes: list[int] = field(default_factory=list)
     created_at: str = ""
     committed_at: str = ""
     version: int = FORMAT_VERSION

@@ -160,3 +160,47 @@ def month_window(partition_key: str) -> Window:
     """The window of a monthly partition key such as `2024-01-01`: that month, half-open, UTC."""
     start = utc(datetime.fromisoformat(partition_key))
     return Window(start, add_months(start, 1))
+
+
+def pack_slices(
+    window: Window, hour_counts: list[tuple[datetime, int]], max_rows: int
+) -> list[tuple[Window, int]]:
+    """Split `window` into consecutive half-open slices of at most `max_rows` rows each.
+
+    The fast reader holds one slice in memory at a time, so this is what bounds its memory. Slices
+    are whole hours (the finest grain the row counts give); an hour holding more than `max_rows`
+    rows becomes a slice of its own. The slices cover `window` exactly, without gaps or overlap, so
+    together they read the same rows as one query over the whole window.
+
+    Args:
+        window: the window to cover.
+        hour_counts: `(hour start, rows)` for the hours of `window` that have rows, any order; hours
+            are naive or UTC datetimes truncated to the hour.
+        max_rows: the most rows a slice should hold.
+
+    Returns:
+        `(slice, rows)` pairs in time order; empty when no hour has rows.
+    """
+    if max_rows < 1:
+        raise ValueError("max_rows must be at least 1")
+    hours = sorted((utc(hour), rows) for hour, rows in hour_counts if rows > 0)
+    slices: list[tuple[Window, int]] = []
+    start: datetime | None = None
+    rows_in_slice = 0
+    for index, (hour, rows) in enumerate(hours):
+        if start is None:
+            start, rows_in_slice = max(hour, window.start), 0
+        rows_in_slice += rows
+        following = hours[index + 1] if index + 1 < len(hours) else None
+        if following is None:
+            slices.append((Window(start, window.end), rows_in_slice))
+        elif rows_in_slice + following[1] > max_rows:
+            # The next slice starts where this one ends, so rows between the counted hours (there
+            # are none when the counts are current) are still read by exactly one slice.
+            slices.append((Window(start, following[0]), rows_in_slice))
+            start = following[0]
+            rows_in_slice = 0
+    if slices:
+        first, rows = slices[0]
+        slices[0] = (Window(window.start, first.end), rows)
+    return slices

@@ -25,11 +25,22 @@ import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql as mysql_dialect
 
-from etl_assets.config import resolve_setting
+from etl_assets.config import ReaderChoice, resolve_setting
 from etl_assets.lib.convert import RowsToArrow, converter_for
 from etl_assets.lib.schema import SourceColumn, SourceTable
-from etl_assets.lib.windows import Window
+from etl_assets.lib.windows import Window, pack_slices
+from etl_assets.resources.arrow_reader import (
+    ArrowReaderUnavailable,
+    ZeroDateCounter,
+    connectorx_url,
+    select_expressions,
+    stream_slices,
+)
+
+ZeroDateCounts = RowsToArrow | ZeroDateCounter
+"""What a read reports besides its rows: zero dates nulled per column (`invalid_by_column`)."""
 
 
 class SourceError(RuntimeError):
@@ -38,6 +49,10 @@ class SourceError(RuntimeError):
 
 class LockBusyError(SourceError):
     """Another run holds the lock for this table."""
+
+
+class LockLostError(SourceError):
+    """The run's named lock was released behind its back (connection killed, server restarted)."""
 
 
 _SQLITE_TYPE = re.compile(
@@ -77,7 +92,12 @@ class PurgeOutcome:
 class SourceClient:
     """Connections and statements against one source database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, reader: ReaderChoice = "auto", replicas: Sequence[str] = ()) -> None:
+        self.reader = reader
+        self.reader_note = ""
+        # Read replicas whose lag throttles the purge (`source.replicas`); None when there are none.
+        self.replicas: ReplicaSet | None = ReplicaSet(replicas) if replicas else None
+        self._held_locks: dict[tuple[str, str], tuple[sa.Connection, str] | None] = {}
         try:
             self.url = sa.make_url(url)
         except sa_exc.ArgumentError:
@@ -123,6 +143,8 @@ class SourceClient:
     def dispose(self) -> None:
         """Close pooled connections."""
         self.engine.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
     # -- reflection ----------------------------------------------------------------------------------------
 
@@ -388,16 +410,70 @@ class SourceClient:
         time_column: str,
         window: Window,
         chunk_rows: int,
-    ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
-        """Rows of `window` as Arrow batches of at most `chunk_rows`, read with a server-side cursor.
+    ) -> tuple[Generator[pa.RecordBatch, None, None], ZeroDateCounts]:
+        """Rows of `window` as Arrow batches of at most `chunk_rows`.
 
-        Memory stays bounded by `chunk_rows` whatever the window holds. Returns the iterator and the
-        converter, whose counters report zero dates turned into NULL.
+        On MySQL the fast reader (connectorx) reads the window in time slices of at most `chunk_rows`
+        rows; otherwise (SQLite, `source.reader: pymysql`, URL options connectorx cannot honour) one
+        query streams through a server-side cursor. Either way memory stays bounded by `chunk_rows`
+        whatever the window holds. Returns the iterator and a counter of zero dates turned into NULL;
+        `reader_note` then says which reader ran.
         """
         table = self._table(source.name, source.column_names)
+        fast_url = self._fast_reader_url()
+        if fast_url is not None:
+            queries = self._slice_queries(source, table, time_column, window, chunk_rows)
+            counter = ZeroDateCounter()
+            return stream_slices(fast_url, queries, source.columns, schema, counter, chunk_rows), counter
         return self._stream(
             source, schema, chunk_rows, self._window_filter(table, source, time_column, window)
         )
+
+    def _fast_reader_url(self) -> str | None:
+        """connectorx's URL when the fast reader serves this source, else None (PyMySQL reads)."""
+        if self.dialect != "mysql" or self.reader == "pymysql":
+            self.reader_note = "PyMySQL (streaming cursor)"
+            return None
+        try:
+            url = connectorx_url(self.url)
+        except ArrowReaderUnavailable as exc:
+            if self.reader == "arrow":
+                raise SourceError(
+                    f"source.reader is 'arrow' but {exc}; install connectorx or set source.reader: auto"
+                ) from None
+            self.reader_note = f"PyMySQL (streaming cursor): {exc}"
+            return None
+        self.reader_note = "Arrow (connectorx, time slices)"
+        return url
+
+    def _slice_queries(
+        self, source: SourceTable, table: sa.Table, time_column: str, window: Window, chunk_rows: int
+    ) -> list[str]:
+        """One SELECT per time slice of at most `chunk_rows` rows, as literal SQL for connectorx.
+
+        The slices come from an index-only count per hour of the window. Only our own window bounds
+        are rendered as literals; identifiers are quoted by SQLAlchemy's MySQL dialect.
+        """
+        tc = table.c[time_column]
+        hour = sa.func.date_format(tc, "%Y-%m-%d %H:00:00")
+        counts_sql = (
+            sa.select(hour, sa.func.count())
+            .where(self._window_filter(table, source, time_column, window))
+            .group_by(hour)
+        )
+        with self.engine.connect() as conn:
+            counts = [(datetime.fromisoformat(str(h)), int(n)) for h, n in conn.execute(counts_sql)]
+        # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
+        literal_dialect = mysql_dialect.dialect(paramstyle="qmark")
+        base = sa.select(*select_expressions(table, source.columns))
+        return [
+            str(
+                base.where(self._window_filter(table, source, time_column, piece)).compile(
+                    dialect=literal_dialect, compile_kwargs={"literal_binds": True}
+                )
+            )
+            for piece, _ in pack_slices(window, counts, chunk_rows)
+        ]
 
     def stream_all(
         self, source: SourceTable, *, schema: pa.Schema, chunk_rows: int
@@ -466,11 +542,16 @@ class SourceClient:
                 conn.commit()
                 if got != 1:
                     raise LockBusyError(busy)
+                self._held_locks[(table, purpose)] = (conn, lock_name)
                 try:
                     yield
                 finally:
-                    with contextlib.suppress(sa_exc.DBAPIError):
-                        conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
+                    self._held_locks.pop((table, purpose), None)
+                    # A connection that died (KILL, restart) already lost the lock; using it again could
+                    # only reconnect, or raise PendingRollbackError over the error that is unwinding.
+                    if not conn.invalidated:
+                        with contextlib.suppress(sa_exc.SQLAlchemyError):
+                            conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name})
             return
         path = Path(f"{self.url.database}.{hashlib.sha256(lock_name.encode()).hexdigest()[:16]}.lock")
         with path.open("a") as handle:
@@ -483,10 +564,47 @@ class SourceClient:
                     if time.monotonic() >= deadline:
                         raise LockBusyError(busy) from None
                     time.sleep(0.2)
+            self._held_locks[(table, purpose)] = None  # an flock cannot be taken away from us
             try:
                 yield
             finally:
+                self._held_locks.pop((table, purpose), None)
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def assert_lock_held(self, table: str, purpose: str) -> None:
+        """Raise `LockLostError` unless the lock `<purpose>` for `table` (see `lock`) is still ours.
+
+        A MySQL named lock dies with its connection, silently: after a DBA's `KILL`, a server restart
+        or a dropped connection another run can take it, and two runs would delete from the table at
+        once. So callers check before every delete. The check runs on the lock's own connection and
+        never reconnects: a new connection would not hold the lock.
+
+        Raises:
+            LockLostError: the lock was released (the message says why and what to do).
+        """
+        key = (table, purpose)
+        if key not in self._held_locks:
+            raise LockLostError(f"table '{table}': this run does not hold its '{purpose}' lock")
+        held = self._held_locks[key]
+        if held is None:
+            return
+        conn, lock_name = held
+        problem = "its connection was closed"
+        if not conn.invalidated:
+            try:
+                owner = conn.execute(
+                    sa.text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": lock_name}
+                ).scalar()
+                conn.commit()
+                if owner == 1:
+                    return
+                problem = "the server no longer gives it to this run's connection"
+            except sa_exc.DBAPIError as exc:
+                problem = f"its connection failed ({describe_error(exc)})"
+        raise LockLostError(
+            f"table '{table}': this run lost its '{purpose}' lock ({lock_name}): {problem}. The connection "
+            "holding a MySQL named lock was killed (KILL), the server restarted, or the network dropped it"
+        )
 
     # -- purge ---------------------------------------------------------------------------------------------
 
@@ -639,11 +757,202 @@ class SourceDatabase(dg.ConfigurableResource):
     """
 
     url: str = Field(description="SQLAlchemy URL; ${VAR} templates are resolved when a run starts")
+    replicas: list[str] = Field(
+        default_factory=list,
+        description="URLs of read replicas whose lag throttles the purge; ${VAR} resolved when a run starts",
+    )
     config_file: str = Field(default="", description="Config file the URL came from, for error messages")
+    reader: ReaderChoice = Field(
+        default="auto", description="Archive extraction reader: auto, arrow or pymysql"
+    )
 
     def open(self) -> SourceClient:
         """Resolve the URL and create the engine (connections open lazily)."""
-        return SourceClient(resolve_setting(self.config_file, "source.url", self.url))
+        replicas = [
+            resolve_setting(self.config_file, f"source.replicas[{index}]", url)
+            for index, url in enumerate(self.replicas)
+        ]
+        return SourceClient(
+            resolve_setting(self.config_file, "source.url", self.url), reader=self.reader, replicas=replicas
+        )
+
+
+def describe_error(exc: sa_exc.DBAPIError) -> str:
+    """The driver's error code and message, without the SQL statement or its parameters.
+
+    SQLAlchemy's own message quotes the statement and its bound values (primary keys, time values),
+    which do not belong in run logs and alerts.
+    """
+    orig = exc.orig
+    return f"{type(orig).__name__}: {orig}" if orig is not None else type(exc).__name__
+
+
+def mysql_error_code(exc: sa_exc.DBAPIError) -> int | None:
+    """MySQL's numeric error code (1205, 2013, ...) of a PyMySQL error, if any."""
+    args = getattr(exc.orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+LOCK_CONFLICT_CODES = {
+    1205: "a lock wait timeout (innodb_lock_wait_timeout)",
+    1213: "a deadlock",
+}
+"""MySQL errors after which InnoDB has rolled back the statement or transaction and a retry is safe."""
+
+
+@dataclass(frozen=True)
+class ReplicaLag:
+    """How far one replica is behind its primary.
+
+    Attributes:
+        replica: the replica's URL with the password hidden.
+        seconds: `Seconds_Behind_Source`/`_Master` (the worst channel); None when unknown.
+        unknown_because: why `seconds` is None: replication stopped or broken, or no connection.
+    """
+
+    replica: str
+    seconds: float | None
+    unknown_because: str = ""
+
+
+class ReplicaSet:
+    """The source's read replicas (`source.replicas`), asked how far behind they are.
+
+    MySQL 8.0.22+ answers `SHOW REPLICA STATUS` (`Seconds_Behind_Source`), older MySQL `SHOW SLAVE
+    STATUS`, MariaDB `SHOW ALL SLAVES STATUS` (one row per replication channel; `Seconds_Behind_Master`).
+    The user needs `REPLICATION CLIENT` (MySQL) or `SLAVE MONITOR` (MariaDB 10.5+) on each replica.
+    """
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        self._replicas: list[tuple[str, sa.Engine]] = []
+        for index, url in enumerate(urls):
+            try:
+                parsed = sa.make_url(url)
+            except sa_exc.ArgumentError:
+                raise SourceError(
+                    f"source.replicas[{index}] is not a SQLAlchemy URL; use "
+                    "mysql+pymysql://user:${REPLICA_PASSWORD}@replica-host:3306/database"
+                ) from None
+            shown = parsed.render_as_string(hide_password=True)
+            if parsed.get_backend_name() not in ("mysql", "mariadb"):
+                raise SourceError(
+                    f"source.replicas[{index}] ({shown}) is not a MySQL/MariaDB URL; replica lag is read with "
+                    "SHOW REPLICA STATUS, so list the source's MySQL read replicas there"
+                )
+            # Short timeouts: an unreachable replica must not stall the throttle's once-a-second check.
+            engine = sa.create_engine(
+                parsed,
+                pool_pre_ping=True,
+                pool_size=1,
+                connect_args={"connect_timeout": 5, "read_timeout": 10, "write_timeout": 10},
+            )
+            self._replicas.append((shown, engine))
+
+    def __len__(self) -> int:
+        return len(self._replicas)
+
+    def dispose(self) -> None:
+        """Close the replicas' pooled connections."""
+        for _, engine in self._replicas:
+            engine.dispose()
+
+    def lags(self) -> list[ReplicaLag]:
+        """The lag of every replica, in `source.replicas` order.
+
+        A replica that cannot be reached is reported with unknown lag (it may be restarting), so the
+        purge waits for it rather than failing.
+
+        Raises:
+            SourceError: a replica refuses the login or the status query (privileges), or is not
+                replicating from anything: configuration mistakes that waiting would not fix.
+        """
+        return [self._lag(index, shown, engine) for index, (shown, engine) in enumerate(self._replicas)]
+
+    def _lag(self, index: int, shown: str, engine: sa.Engine) -> ReplicaLag:
+        try:
+            with engine.connect() as conn:
+                rows = _replication_status(conn)
+        except sa_exc.DBAPIError as exc:
+            if mysql_error_code(exc) in (1044, 1045, 1227):
+                raise SourceError(
+                    f"source.replicas[{index}] ({shown}) refused to report replication status "
+                    f"({describe_error(exc)}); GRANT REPLICATION CLIENT ON *.* (MySQL) or SLAVE MONITOR ON *.* "
+                    "(MariaDB 10.5+) to that user"
+                ) from None
+            return ReplicaLag(shown, None, f"it cannot be reached ({describe_error(exc)})")
+        if not rows:
+            raise SourceError(
+                f"source.replicas[{index}] ({shown}) is not replicating from anything (its replica status is "
+                "empty); point source.replicas at the source's read replicas, or remove this entry"
+            )
+        worst: float | None = 0.0
+        because = ""
+        for row in rows:
+            seconds = _first(row, "Seconds_Behind_Source", "Seconds_Behind_Master")
+            if seconds is None:
+                channel = row.get("Connection_name") or row.get("Channel_Name") or ""
+                io = _first(row, "Replica_IO_Running", "Slave_IO_Running")
+                sql = _first(row, "Replica_SQL_Running", "Slave_SQL_Running")
+                worst = None
+                because = (
+                    f"its replication{f' channel {channel!r}' if channel else ''} is stopped or broken "
+                    f"(IO thread running: {io}, SQL thread running: {sql}; Seconds_Behind is NULL)"
+                )
+                break
+            worst = max(worst or 0.0, float(seconds))
+        return ReplicaLag(shown, worst, because)
+
+
+def _replication_status(conn: sa.Connection) -> list[dict[str, Any]]:
+    version = str(conn.execute(sa.text("SELECT VERSION()")).scalar() or "")
+    # MariaDB: ALL SLAVES covers multi-source replication. MySQL 8.0.22+ renamed the statement; older
+    # servers answer the new one with a syntax error (1064), and then get the old one.
+    statements = (
+        ["SHOW ALL SLAVES STATUS"]
+        if "mariadb" in version.lower()
+        else ["SHOW REPLICA STATUS", "SHOW SLAVE STATUS"]
+    )
+    for statement in statements:
+        try:
+            return [dict(row._mapping) for row in conn.exec_driver_sql(statement)]
+        except sa_exc.ProgrammingError as exc:
+            if statement == statements[-1] or mysql_error_code(exc) != 1064:
+                raise
+            conn.rollback()
+    return []
+
+
+def _first(row: dict[str, Any], *names: str) -> Any:
+    for name in names:
+        if name in row:
+            return row[name]
+    return None
+
+
+def _wait_reason(
+    client: SourceClient, max_threads_running: int | None, max_replica_lag_seconds: float | None
+) -> tuple[str, str] | None:
+    """Why the next delete batch must wait, as (kind, message); None when it may go."""
+    if max_threads_running:
+        running = client.threads_running()
+        if running is not None and running > max_threads_running:
+            return "threads", (
+                f"throttling: Threads_running={running} > {max_threads_running}; waiting before the next delete batch"
+            )
+    if max_replica_lag_seconds and client.replicas is not None:
+        for lag in client.replicas.lags():
+            if lag.seconds is None:
+                return f"unknown:{lag.replica}", (
+                    f"throttling: replica {lag.replica} cannot say how far behind it is: {lag.unknown_because}. "
+                    "Unknown lag counts as too far behind, so deletes wait (start its replication, or remove "
+                    "it from source.replicas)"
+                )
+            if lag.seconds > max_replica_lag_seconds:
+                return f"behind:{lag.replica}", (
+                    f"throttling: replica {lag.replica} is {lag.seconds:g}s behind "
+                    f"(max_replica_lag_seconds={max_replica_lag_seconds:g}); waiting before the next delete batch"
+                )
+    return None
 
 
 def throttle(
@@ -652,20 +961,35 @@ def throttle(
     max_threads_running: int | None,
     deadline: float | None,
     log: Callable[[str], None],
+    max_replica_lag_seconds: float | None = None,
 ) -> bool:
-    """Wait while the server is busy; False when the run's deadline passed while waiting."""
-    if not max_threads_running:
+    """Wait while the source is busy or a replica is too far behind; False when the deadline passed.
+
+    Busy: `Threads_running` above `max_threads_running`. Too far behind: a replica of
+    `client.replicas` lags more than `max_replica_lag_seconds`, or cannot say (replication stopped,
+    `Seconds_Behind_*` NULL, or the replica unreachable), which counts as too far, as in pt-archiver.
+    Each reason is logged when it starts and every minute while it lasts, and the resume is logged,
+    so the run log shows why the purge stood still.
+    """
+    if not max_threads_running and not (max_replica_lag_seconds and client.replicas is not None):
         return True
-    announced = False
+    started = time.monotonic()
+    announced: str | None = None
+    announced_at = 0.0
     while True:
-        running = client.threads_running()
-        if running is None or running <= max_threads_running:
+        reason = _wait_reason(client, max_threads_running, max_replica_lag_seconds)
+        now = time.monotonic()
+        if reason is None:
+            if announced is not None:
+                log(f"throttling: resuming deletes after waiting {now - started:.1f}s")
             return True
-        if not announced:
+        kind, message = reason
+        if kind != announced or now - announced_at >= 60:
+            log(message)
+            announced, announced_at = kind, now
+        if deadline is not None and now >= deadline:
             log(
-                f"throttling: Threads_running={running} > {max_threads_running}; waiting before the next delete batch"
+                "throttling: the run's max_run_seconds passed while waiting; the remaining rows stay in the source"
             )
-            announced = True
-        if deadline is not None and time.monotonic() >= deadline:
             return False
         time.sleep(1.0)

@@ -1,0 +1,183 @@
+"""The fast reader: MySQL rows straight into Arrow with connectorx, one bounded time slice at a time.
+
+PyMySQL parses every value in Python, which caps extraction near 0.1x of what the server can send
+(`make bench`). connectorx decodes the binary protocol in Rust into Arrow arrays, close to the
+C client's speed, but it has sharp edges this module files off:
+
+- It holds a whole result in memory, so the window is read in slices of at most `chunk_rows` rows
+  (hour-grained, planned from an index-only count), each one query.
+- It panics on values it cannot decode: zero dates, negative or >24h TIME values, DECIMAL wider
+  than its fixed decimal128(38,10). Such columns are selected as expressions that always decode
+  (zero dates become NULL and are counted; DECIMAL and TIME travel as text) and are cast back to
+  the archive's exact Arrow type here, so the Parquet schema matches the PyMySQL reader's.
+- Its connections know nothing of our session settings: `time_zone` is set to UTC for every query
+  so TIMESTAMP columns do not shift.
+
+Rows read in different slices are not one snapshot: a row updated between two slice queries can
+be read twice (once per slice). The archive detects keys read twice and leaves those rows in the
+source (`ArchiveJob`), so the difference can only make a run archive less, never lose a row.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as _compute
+import sqlalchemy as sa
+
+from etl_assets.lib.convert import converter_for
+from etl_assets.lib.schema import SourceColumn
+
+pc: Any = _compute
+
+# URL query options the fast reader can honour; anything else (TLS files, unix sockets, ...) means the
+# PyMySQL reader, which understands every option SQLAlchemy passes through.
+_UNDERSTOOD_QUERY = {"charset"}
+_DATE_KINDS = {"date", "datetime", "timestamp"}
+_ZERO_FLAG = "__etl_zero_"
+
+
+class ArrowReaderUnavailable(RuntimeError):
+    """The fast reader cannot serve this source; the message says why (the caller falls back)."""
+
+
+def connectorx_url(url: sa.URL) -> str:
+    """The `mysql://` URL connectorx takes, from a SQLAlchemy MySQL URL.
+
+    Raises:
+        ArrowReaderUnavailable: connectorx is not installed, or the URL carries options it cannot honour.
+    """
+    try:
+        import connectorx  # noqa: F401 - optional dependency, probed when a run starts
+    except ImportError:
+        raise ArrowReaderUnavailable("connectorx is not installed") from None
+    unknown = sorted(set(url.query) - _UNDERSTOOD_QUERY)
+    if unknown:
+        raise ArrowReaderUnavailable(
+            f"source.url has option(s) {', '.join(unknown)} that the fast reader does not support"
+        )
+    if not url.host:
+        raise ArrowReaderUnavailable("source.url has no host (unix sockets need the PyMySQL reader)")
+    user = urllib.parse.quote(url.username or "", safe="")
+    password = urllib.parse.quote(url.password or "", safe="") if url.password else ""
+    credentials = f"{user}:{password}@" if password else f"{user}@"
+    database = urllib.parse.quote(url.database or "", safe="")
+    return f"mysql://{credentials}{url.host}:{url.port or 3306}/{database}"
+
+
+@dataclass
+class ZeroDateCounter:
+    """Zero or impossible dates turned into NULL, per column (same interface as `RowsToArrow`)."""
+
+    invalid_by_column: dict[str, int] = field(default_factory=dict)
+    slices: int = 0
+
+    @property
+    def invalid_dates(self) -> int:
+        """Zero dates nulled so far, over all columns."""
+        return sum(self.invalid_by_column.values())
+
+
+def select_expressions(table: sa.Table, columns: Sequence[SourceColumn]) -> list[Any]:
+    """What to SELECT for each column so that connectorx decodes every value exactly.
+
+    Date columns come with a second, flag column counting zero dates (named `__etl_zero_<n>`).
+    """
+    selected: list[Any] = []
+    for index, column in enumerate(columns):
+        ref = table.c[column.name]
+        kind = column.data_type
+        if kind in _DATE_KINDS:
+            # MySQL can store 0000-00-00 and 2024-00-12 (non-strict sql_mode); they have no Arrow form.
+            zero = sa.or_(sa.func.year(ref) == 0, sa.func.month(ref) == 0, sa.func.dayofmonth(ref) == 0)
+            selected.append(sa.case((zero, sa.null()), else_=ref).label(column.name))
+            selected.append(sa.case((zero, 1), else_=0).label(f"{_ZERO_FLAG}{index}"))
+        elif kind in ("decimal", "time") or column.is_json:
+            # DECIMAL(65,30) and TIME outside 00:00..24:00 do not decode; their text form is exact.
+            # JSON: MySQL 8 sends a binary JSON type; its text form is what the PyMySQL reader stores.
+            selected.append(sa.cast(ref, sa.String).label(column.name))
+        elif kind == "bit":
+            selected.append((ref + 0).label(column.name))  # BIT(n) as its unsigned integer value
+        else:
+            selected.append(ref)
+    return selected
+
+
+def to_archive_batch(
+    raw: pa.Table, columns: Sequence[SourceColumn], schema: pa.Schema, counter: ZeroDateCounter
+) -> pa.RecordBatch:
+    """Cast connectorx's result to the archive schema exactly, counting zero dates.
+
+    Raises:
+        ValueError: a value does not fit the column's archive type (names the column).
+    """
+    arrays: list[pa.Array] = []
+    for index, column in enumerate(columns):
+        target = schema.field(index).type
+        values = raw.column(column.name).combine_chunks()
+        flag_name = f"{_ZERO_FLAG}{index}"
+        if flag_name in raw.column_names:
+            zeros = int(pc.sum(raw.column(flag_name)).as_py() or 0)
+            if zeros:
+                counter.invalid_by_column[column.name] = counter.invalid_by_column.get(column.name, 0) + zeros
+        try:
+            if column.data_type == "time":
+                converted, _ = converter_for(column)(values.to_pylist())
+                arrays.append(pa.array(converted, type=target))
+            elif pa.types.is_timestamp(target) and target.tz is not None:
+                # The slice ran with time_zone UTC: naive values are UTC instants.
+                arrays.append(values.cast(pa.timestamp(target.unit)).cast(target))
+            else:
+                arrays.append(values.cast(target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError) as exc:
+            raise ValueError(
+                f"column '{column.name}' ({column.column_type}) has a value Arrow cannot hold as {target}: {exc}"
+            ) from None
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def read_slice(url: str, query: str) -> pa.Table:
+    """One query through connectorx, in a UTC session.
+
+    Raises:
+        RuntimeError: the query failed; the message has no credentials.
+    """
+    import connectorx
+
+    try:
+        result = connectorx.read_sql(
+            url, query, return_type="arrow", pre_execution_query=["SET time_zone = '+00:00'"]
+        )
+    except (KeyboardInterrupt, SystemExit, GeneratorExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a Rust panic surfaces as pyo3's PanicException (a BaseException)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        password = sa.make_url(url.replace("mysql://", "mysql+pymysql://", 1)).password
+        if password:
+            message = message.replace(urllib.parse.quote(password, safe=""), "***").replace(password, "***")
+        raise RuntimeError(message) from None
+    if isinstance(result, pa.RecordBatchReader):  # pragma: no cover - return_type="arrow" gives a Table
+        result = result.read_all()
+    return result
+
+
+def stream_slices(
+    url: str,
+    queries: Sequence[str],
+    columns: Sequence[SourceColumn],
+    schema: pa.Schema,
+    counter: ZeroDateCounter,
+    chunk_rows: int,
+) -> Generator[pa.RecordBatch, None, None]:
+    """Run the slice queries one after the other, yielding archive-schema batches of <= `chunk_rows`."""
+    for query in queries:
+        table = read_slice(url, query)
+        counter.slices += 1
+        batch = to_archive_batch(table, columns, schema, counter)
+        del table  # the slice's raw result goes before the next one is read
+        for offset in range(0, batch.num_rows, chunk_rows):
+            yield batch.slice(offset, chunk_rows)

@@ -1,0 +1,150 @@
+"""The fast (connectorx) reader: time slices, reader choice, and rows updated between two slices.
+
+Exact values per MySQL type are proven for both readers by test_archive_types.py (parametrized).
+"""
+
+from __future__ import annotations
+
+import itertools
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from etl_assets.lib.typemap import arrow_schema
+from etl_assets.lib.windows import Window, pack_slices
+from etl_assets.resources import arrow_reader
+from etl_assets.resources.arrow_reader import ArrowReaderUnavailable, connectorx_url
+from etl_assets.resources.source import SourceClient, SourceError
+from etl_assets.resources.store import open_store
+from etl_assets_tests.support import archived_keys, committed, seed_visits, source_keys
+from etl_assets_tests.test_archive import JAN_2023, make_job
+
+DAY = Window(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
+
+
+def hour(h: int) -> datetime:
+    return datetime(2024, 3, 1, h, tzinfo=UTC)
+
+
+def test_slices_cover_the_window_exactly_and_respect_the_row_limit() -> None:
+    counts = [(hour(h), 40) for h in range(24)]
+    slices = pack_slices(DAY, counts, max_rows=100)
+    assert slices[0][0].start == DAY.start and slices[-1][0].end == DAY.end
+    for (left, _), (right, _) in itertools.pairwise(slices):
+        assert left.end == right.start, "slices must touch: no gap, no overlap"
+    assert all(rows <= 100 for _, rows in slices)
+    assert sum(rows for _, rows in slices) == 24 * 40
+    assert len(slices) == 12, "two 40-row hours fit in 100 rows, three do not"
+
+
+def test_an_hour_larger_than_the_limit_is_a_slice_of_its_own() -> None:
+    slices = pack_slices(DAY, [(hour(2), 10), (hour(5), 500), (hour(9), 10)], max_rows=100)
+    assert [rows for _, rows in slices] == [10, 500, 10]
+    assert [s.start for s, _ in slices] == [DAY.start, hour(5), hour(9)]
+    assert slices[-1][0].end == DAY.end
+
+
+def test_no_rows_means_no_slices_and_one_busy_hour_spans_the_window() -> None:
+    assert pack_slices(DAY, [], max_rows=10) == []
+    assert pack_slices(DAY, [(hour(7), 3)], max_rows=10) == [(DAY, 3)]
+    with pytest.raises(ValueError, match="max_rows"):
+        pack_slices(DAY, [(hour(7), 3)], max_rows=0)
+
+
+def test_connectorx_url_quotes_credentials_and_refuses_options_it_cannot_honour() -> None:
+    url = sa.make_url("mysql+pymysql://etl:p%40ss%2Fw%3Ard@db.example:3307/clinic?charset=utf8mb4")
+    assert connectorx_url(url) == "mysql://etl:p%40ss%2Fw%3Ard@db.example:3307/clinic"
+    with pytest.raises(ArrowReaderUnavailable, match="ssl_ca"):
+        connectorx_url(sa.make_url("mysql+pymysql://etl@db.example/clinic?ssl_ca=/etc/rds.pem"))
+
+
+@pytest.mark.integration
+def test_auto_falls_back_to_pymysql_when_the_url_needs_it_and_arrow_refuses(mysql_url: str) -> None:
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=50)
+    # An option the fast reader cannot pass on (PyMySQL takes it: a local_infile flag).
+    url_with_option = (
+        sa.make_url(mysql_url).update_query_dict({"local_infile": "0"}).render_as_string(hide_password=False)
+    )
+    auto = SourceClient(url_with_option, reader="auto")
+    table = auto.reflect("visits")
+    schema = arrow_schema(table)
+    batches, _ = auto.stream_window(table, schema=schema, time_column="updated_at", window=JAN_2023,
+                                    chunk_rows=20)  # fmt: skip
+    assert sum(b.num_rows for b in batches) == 50
+    assert auto.reader_note.startswith("PyMySQL") and "local_infile" in auto.reader_note
+    strict = SourceClient(url_with_option, reader="arrow")
+    with pytest.raises(SourceError, match=r"source\.reader is 'arrow'.*local_infile"):
+        strict.stream_window(table, schema=schema, time_column="updated_at", window=JAN_2023, chunk_rows=20)
+    auto.dispose()
+    strict.dispose()
+
+
+@pytest.mark.integration
+def test_arrow_reader_reads_in_bounded_slices(mysql_url: str) -> None:
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=2000)
+    client = SourceClient(mysql_url, reader="arrow")
+    table = client.reflect("visits")
+    batches, counter = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=300
+    )
+    sizes = [b.num_rows for b in batches]
+    assert sum(sizes) == 2000 and max(sizes) <= 300
+    assert isinstance(counter, arrow_reader.ZeroDateCounter) and counter.slices >= 2000 // 300
+    client.dispose()
+
+
+@pytest.mark.integration
+def test_a_row_updated_between_two_slices_is_never_archived_twice_nor_lost(
+    mysql_url: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row read in the first slice and moved into a later one is read twice: it must stay in the source."""
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=1500)
+    engine = sa.create_engine(mysql_url)
+    with engine.connect() as conn:
+        first_id, first_time = conn.execute(
+            sa.text("SELECT id, updated_at FROM visits ORDER BY updated_at, id LIMIT 1")
+        ).one()
+    moved_to = datetime(2023, 1, 30, 12, 0, 0)
+    real_read_slice = arrow_reader.read_slice
+    reads = {"n": 0}
+
+    def read_then_move_a_row(url: str, query: str) -> pa.Table:
+        result = real_read_slice(url, query)
+        reads["n"] += 1
+        if reads["n"] == 1:
+            # Another application updates the row after the first slice has read it.
+            with engine.begin() as conn:
+                conn.execute(
+                    sa.text("UPDATE visits SET updated_at = :t WHERE id = :i"), {"t": moved_to, "i": first_id}
+                )
+        return result
+
+    monkeypatch.setattr(arrow_reader, "read_slice", read_then_move_a_row)
+    tables = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 250, part_rows: 1000, chunk_rows: 200}
+"""
+    store = open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+    before = source_keys(mysql_url)
+    job = make_job(mysql_url, store, tables=tables)
+    logs: list[str] = []
+    job.log = logs.append
+    report = job.run()
+    assert reads["n"] > 1, "the window must have been read in several slices"
+    archived = archived_keys(store)
+    remaining = source_keys(mysql_url)
+    assert len(archived) == len(set(archived)), "no key archived twice"
+    assert first_id in remaining and first_id not in archived
+    assert remaining | set(archived) == before and remaining.isdisjoint(archived)
+    assert report.rows_kept_changed == 2, "both copies of the row read twice are kept back"
+    assert report.rows_committed == 1499 and report.rows_purged == 1499
+    assert committed(store)[0].repeated_key_hashes, "the manifest records the keys read twice"
+    assert any("read twice" in line for line in logs)
+    with engine.connect() as conn:
+        current = conn.execute(
+            sa.text("SELECT updated_at FROM visits WHERE id = :i"), {"i": first_id}
+        ).scalar_one()
+    assert current == moved_to != first_time, "the update is kept"
+    engine.dispose()
