@@ -749,11 +749,12 @@ _ESCAPED = (b"\\", b"'", b'"', b"\0", b"\n", b"\r", b"\x1a")
 
 
 def _statement_bytes(value: Any) -> int:
-    """Bytes `value` takes in an INSERT sent by PyMySQL (escaped characters count twice)."""
-    if isinstance(value, str):
-        value = value.encode("utf-8")
+    """Bytes `value` takes in an INSERT sent by PyMySQL: text escaped, binary as a hex literal (2x)."""
     if isinstance(value, bytes):
-        return len(value) + sum(value.count(c) for c in _ESCAPED) + 10
+        return 2 * len(value) + 12
+    if isinstance(value, str):
+        encoded = value.encode("utf-8")
+        return len(encoded) + sum(encoded.count(c) for c in _ESCAPED) + 2
     return 32
 
 
@@ -773,8 +774,8 @@ def _check_row_sizes(
     raw = widths[0]
     for width in widths[1:]:
         raw = pc.add(raw, width)
-    # Only rows near the limit are measured exactly (escaping adds at most one byte per byte).
-    for position in pc.indices_nonzero(pc.greater(pc.multiply(raw, 2), budget)).to_pylist():
+    # Only rows near the limit are measured exactly (escaping or hex at most doubles a value).
+    for position in pc.indices_nonzero(pc.greater(pc.add(pc.multiply(raw, 2), 64), budget)).to_pylist():
         row = data.slice(position, 1).to_pylist()[0]
         sizes = {name: _statement_bytes(value) for name, value in row.items()}
         size = sum(sizes.values())
