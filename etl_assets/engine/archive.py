@@ -255,8 +255,9 @@ class ArchiveJob:
         try:
             yield
         except LockLostError as exc:
+            lost = str(exc).removeprefix(f"table '{self.table.name}': ")
             raise ArchiveError(
-                f"{where}: {exc}. The run stopped before its next delete, so that two runs never delete from "
+                f"{where}: {lost}. The run stopped before its next delete, so that two runs never delete from "
                 f"the table at once. {safe}. Re-run the partition"
             ) from None
         except sa_exc.DBAPIError as exc:
@@ -587,8 +588,8 @@ class ArchiveJob:
                         f"table '{self.table.name}' partition {self.partition_key}: a delete batch of "
                         f"{len(expected):,} rows failed {attempt} times with {what}: another transaction keeps "
                         "some of these rows locked (see information_schema.INNODB_TRX). Each attempt was rolled "
-                        "back and nothing was lost: rows deleted before it are in verified staging parts, which "
-                        "the next run commits. Re-run the partition once that transaction has ended"
+                        "back. Nothing was lost: rows deleted before it are in verified staging parts, which the "
+                        "next run commits. Re-run the partition once that transaction has ended"
                     ) from None
                 self.log(
                     f"a delete batch of {len(expected):,} rows hit {what}: another transaction holds some of "
