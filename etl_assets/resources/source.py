@@ -640,6 +640,10 @@ class SourceClient:
         values that were archived, and only the unchanged ones are deleted. A row updated since it was
         read keeps its new time value and stays in the source.
         """
+        if self.dialect == "mysql":
+            return self._delete_unchanged_mysql(
+                source, primary_key=primary_key, time_column=time_column, expected=expected
+            )
         started = time.monotonic()
         table = self._table(source.name, [*primary_key, time_column])
         keys = list(expected)
@@ -662,6 +666,62 @@ class SourceClient:
             if unchanged:
                 deleted = conn.execute(
                     sa.delete(table).where(self._key_filter(table, primary_key, unchanged))
+                ).rowcount
+                if deleted != len(unchanged):
+                    raise SourceError(
+                        f"table '{source.name}': expected to delete {len(unchanged)} locked rows but deleted {deleted}; "
+                        "the transaction was rolled back"
+                    )
+        return PurgeOutcome(unchanged, changed, len(keys) - len(found), time.monotonic() - started)
+
+    def _delete_unchanged_mysql(
+        self,
+        source: SourceTable,
+        *,
+        primary_key: Sequence[str],
+        time_column: str,
+        expected: dict[tuple[Any, ...], Any],
+    ) -> PurgeOutcome:
+        """`delete_unchanged` on MySQL, with the two statements rendered once as driver SQL.
+
+        Same transaction and checks as the generic path; it skips SQLAlchemy's per-statement
+        compilation of two 5,000-value IN lists, which the profile showed costing more than the
+        server's work (most of each delete transaction). Identifiers are quoted by the dialect.
+        """
+        started = time.monotonic()
+        keys = list(expected)
+        quote = self.engine.dialect.identifier_preparer.quote
+        # The driver uses %s placeholders (pyformat), so a literal % in a quoted name is doubled.
+        table = quote(source.name).replace("%", "%%")
+        key_columns = [quote(c).replace("%", "%%") for c in primary_key]
+        time_sql = quote(time_column).replace("%", "%%")
+        convert = converter_for(source.column(time_column))
+
+        def key_filter(count: int) -> str:
+            if len(key_columns) == 1:
+                return f"{key_columns[0]} IN ({', '.join(['%s'] * count)})"
+            # OR of ANDs: MySQL and MariaDB both plan it as primary-key point ranges.
+            one = "(" + " AND ".join(f"{c} = %s" for c in key_columns) + ")"
+            return " OR ".join([one] * count)
+
+        def flat(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+            return tuple(value for key in rows for value in key)
+
+        with self.engine.begin() as conn:
+            found = conn.exec_driver_sql(
+                f"SELECT {', '.join(key_columns)}, {time_sql} FROM {table} WHERE {key_filter(len(keys))} "
+                "FOR UPDATE",
+                flat(keys),
+            ).all()
+            times, _ = convert([row[-1] for row in found])
+            unchanged: list[tuple[Any, ...]] = []
+            changed: list[tuple[Any, ...]] = []
+            for row, current in zip(found, times, strict=True):
+                key = tuple(row[:-1])
+                (unchanged if _same_time(current, expected.get(key)) else changed).append(key)
+            if unchanged:
+                deleted = conn.exec_driver_sql(
+                    f"DELETE FROM {table} WHERE {key_filter(len(unchanged))}", flat(unchanged)
                 ).rowcount
                 if deleted != len(unchanged):
                     raise SourceError(
