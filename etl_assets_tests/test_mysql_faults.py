@@ -215,7 +215,7 @@ def test_killed_delete_connection_fails_the_run_clearly(seeded: dict[str, Any]) 
         waiting = server.wait_for(
             "the delete batch to wait for the row lock",
             lambda: server.execute(
-                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = :d AND INFO LIKE '%FOR UPDATE%' "
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = :d AND INFO LIKE 'DELETE FROM%' "
                 "AND ID <> CONNECTION_ID() AND USER = 'etl' AND ID <> :h",
                 {"d": seeded["database"], "h": holder.connection.dbapi_connection.thread_id()},  # type: ignore[union-attr]
             ),

