@@ -56,6 +56,47 @@ def test_first_tick_requests_then_skips_then_requests_only_changed_partitions(my
     assert len({r.run_key for r in third.run_requests}) == 3
 
 
+def test_a_tick_sends_one_statement_for_every_table_on_a_kept_connection(mysql_url: str) -> None:
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=20)
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE empty_log (id INT PRIMARY KEY, logged_on DATE, KEY (logged_on))"))
+        conn.execute(sa.text("CREATE TABLE day_log (id INT PRIMARY KEY, logged_on DATE, KEY (logged_on))"))
+        conn.execute(sa.text("INSERT INTO day_log VALUES (1, '2026-11-03'), (2, '2026-11-05')"))
+    engine.dispose()
+    tables = """
+  - name: visits
+    replica: {start: 2023-01-01, partition: monthly}
+  - name: empty_log
+    time_column: logged_on
+    replica: {start: 2026-11-01}
+  - name: day_log
+    time_column: logged_on
+    replica: {start: 2026-11-01}
+"""
+    config = config_for(source_url=mysql_url, warehouse_url="duckdb:///unused.duckdb", tables=tables)
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    first = tick(defs, instance, None)
+    assert isinstance(first, dg.SensorResult)
+    assert {r.job_name for r in first.run_requests} == {"replica_visits", "replica_day_log"}, (
+        "the empty table asks nothing"
+    )
+    assert [r.partition_key for r in first.run_requests if r.job_name == "replica_day_log"] == ["2026-11-05"]
+
+    statements: list[str] = []
+    client = defs.resources["source"].open_shared()  # type: ignore[union-attr]
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    sa.event.listen(client.engine, "before_cursor_execute", listener)
+    try:
+        for _ in range(3):
+            assert isinstance(tick(defs, instance, first.cursor), dg.SkipReason)
+    finally:
+        sa.event.remove(client.engine, "before_cursor_execute", listener)
+    assert len(statements) == 3, statements
+    assert all(s.count("max(") == 3 and "UNION ALL" in s for s in statements), statements[0]
+
+
 def test_a_long_pause_becomes_one_range_run(mysql_url: str) -> None:
     seed_visits(mysql_url, months=[(2026, 1), (2026, 10)], rows_per_month=5)
     config = config_for(source_url=mysql_url, warehouse_url="duckdb:///unused.duckdb",

@@ -101,29 +101,30 @@ def build_new_rows_sensor(
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
         jobs=jobs,
-        description="Polls MAX(time column) of each replicated table and loads the partitions that gained rows.",
+        description=(
+            "Polls MAX(time column) of every replicated table in one indexed query and loads the partitions "
+            "that gained rows."
+        ),
     )
     def _sensor(
         context: dg.SensorEvaluationContext, source: SourceDatabase
     ) -> dg.SensorResult | dg.SkipReason:
         cursor: dict[str, str] = json.loads(context.cursor) if context.cursor else {}
-        client = source.open()
+        # One statement per tick for every table, on a connection kept by the daemon process.
+        client = source.open_shared()
+        newest_values = client.max_time_values([(t.name, t.time_column) for t in tables])
         requests: list[dg.RunRequest] = []
-        try:
-            for table in tables:
-                newest_raw = client.max_time_value(table.name, table.time_column)
-                if newest_raw is None:
-                    continue
-                newest = utc(newest_raw)
-                seen = cursor.get(table.asset_name)
-                if seen == newest.isoformat():
-                    continue
-                since = datetime.fromisoformat(seen) if seen else None
-                keys = changed_partition_keys(table, partitions[table.asset_name], since=since, newest=newest)
-                requests.extend(_requests(table, keys, newest))
-                cursor[table.asset_name] = newest.isoformat()
-        finally:
-            client.dispose()
+        for table, newest_raw in zip(tables, newest_values, strict=True):
+            if newest_raw is None:
+                continue
+            newest = utc(newest_raw)
+            seen = cursor.get(table.asset_name)
+            if seen == newest.isoformat():
+                continue
+            since = datetime.fromisoformat(seen) if seen else None
+            keys = changed_partition_keys(table, partitions[table.asset_name], since=since, newest=newest)
+            requests.extend(_requests(table, keys, newest))
+            cursor[table.asset_name] = newest.isoformat()
         if not requests:
             context.update_cursor(json.dumps(cursor, sort_keys=True))
             return dg.SkipReason("no new rows since the last tick")
