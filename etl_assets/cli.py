@@ -151,11 +151,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
         report = restore_partition(source=client, store=store, source_table=source_table, table=table.name,
                                    month=month, log=lambda m: print(f"  {m}"))  # fmt: skip
     except ArchiveError as exc:
-        raise CliError(
-            str(exc),
+        hint = (
             f"restore reads a committed archive partition; `etl-assets plan {table.name}` lists the months "
-            "still in the source, the Dagster UI the archived ones",
-        ) from exc
+            "still in the source, the Dagster UI the archived ones"
+            if str(exc).startswith("no committed archive")
+            else "fix what the message names and run restore again; it skips rows already present"
+        )
+        raise CliError(str(exc), hint) from exc
     finally:
         client.dispose()
     print(f"restored {report.rows_restored:,} row(s) of {table.name} {args.partition} from {report.parts} part(s); "

@@ -173,6 +173,7 @@ def test_a_tampered_committed_partition_is_refused_by_restore_and_by_a_rerun(
     assert (
         "nothing was restored" if read_only else "the committed archive does not match its manifest(s)"
     ) in err
+    assert "hint: fix what the message names and run restore again" in err
     assert _january_in_source(mysql_url) == 0, "restore inserted nothing"
 
     # a re-run of the partition (with new January rows to archive) refuses before extracting anything
