@@ -38,6 +38,7 @@ CATEGORIES: dict[str, str] = {
     "test_archive_crash.py": "kill point",
     "test_archive_faults.py": "S3 faults (archive)",
     "test_mysql_faults.py": "MySQL faults",
+    "test_replica_lag.py": "MySQL replica lag",
     "test_concurrency.py": "concurrency",
     "test_warehouse_faults.py": "warehouse faults",
     "test_hostile_names.py": "hostile input",

@@ -20,6 +20,7 @@ from etl_assets.lib.layout import is_queryable
 from etl_assets.resources.source import LockBusyError, SourceClient
 from etl_assets.resources.store import open_store
 from etl_assets_tests.crash_child import TABLES, WINDOW
+from etl_assets_tests.reliability import current
 from etl_assets_tests.support import archived_keys, committed, config_for, seed_visits, source_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -92,6 +93,7 @@ def test_kill_at_each_point_then_rerun_loses_and_duplicates_nothing(
     rerun(mysql_url, s3_bucket)
 
     source_after, archive_after = source_keys(mysql_url), archived_keys(store)
+    current().checked(rows=len(original), lost=len(original - source_after - set(archive_after)))
     assert len(archive_after) == len(set(archive_after)), "a primary key was archived twice"
     assert source_after.isdisjoint(archive_after)
     assert source_after | set(archive_after) == original, "a row was lost"

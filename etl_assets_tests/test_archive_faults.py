@@ -32,6 +32,7 @@ from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import ObjectStore, StoreError, open_store
 from etl_assets_tests.faults import FaultProxy, Rule
+from etl_assets_tests.reliability import current
 from etl_assets_tests.support import archived_keys, committed, config_for, seed_visits, source_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -128,6 +129,7 @@ def assert_accounted(seeded: dict[str, Any], store: ObjectStore, *, staging_allo
     assert len(archived) == len(set(archived)), "a row is archived twice"
     assert remaining.isdisjoint(archived), "a row is both in the source and in the archive"
     everywhere = [*remaining, *archived, *staged]
+    current().checked(rows=len(seeded["original"]), lost=len(seeded["original"] - set(everywhere)))
     assert len(everywhere) == len(set(everywhere)), "a row is in more than one place"
     assert set(everywhere) == seeded["original"], (
         f"rows lost: {len(seeded['original'] - set(everywhere))}, rows invented: {len(set(everywhere) - seeded['original'])}"

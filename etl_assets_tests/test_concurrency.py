@@ -17,6 +17,7 @@ from etl_assets.lib.windows import Window
 from etl_assets.resources.source import LockBusyError, SourceClient
 from etl_assets.resources.store import open_store
 from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient
+from etl_assets_tests.reliability import current
 from etl_assets_tests.support import archived_keys, config_for, seed_visits, source_keys
 
 pytestmark = pytest.mark.integration
@@ -68,6 +69,7 @@ def test_archive_and_replica_of_one_table_at_once(
         thread.join(timeout=300)
     assert not errors, errors
     in_source, in_archive = source_keys(mysql_url), archived_keys(store)
+    current().checked(rows=len(original), lost=len(original - in_source - set(in_archive)))
     assert len(in_archive) == len(set(in_archive))
     assert in_source.isdisjoint(in_archive)
     assert in_source | set(in_archive) == original
@@ -111,5 +113,6 @@ def test_two_archives_of_one_partition_at_once(mysql_url: str, s3_bucket: str) -
     assert len(done) >= 1
     assert all("another run is already doing 'archive'" in str(b) for b in busy)
     in_archive = archived_keys(store)
+    current().checked(rows=len(original), lost=len(original - set(in_archive) - source_keys(mysql_url)))
     assert sorted(in_archive) == sorted(original), "each row archived exactly once"
     assert source_keys(mysql_url) == set()
