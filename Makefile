@@ -56,8 +56,8 @@ fmt: install ## format and auto-fix
 	$(BIN)/ruff format etl_assets etl_assets_tests scripts
 	$(BIN)/ruff check --fix etl_assets etl_assets_tests scripts
 
-chaos: install services ## randomized SIGKILLs of archive runs with a concurrent writer (CYCLES=100)
-	@eval "$$(scripts/stack.sh env)" && $(BIN)/python -m etl_assets_tests.chaos --cycles $${CYCLES:-100} --rows $${ROWS:-200000}
+chaos: install services ## randomized SIGKILLs (CYCLES=100, ROWS=200000) + every reliability test file; one summary table
+	@eval "$$(scripts/stack.sh env)" && $(BIN)/python -m etl_assets_tests.chaos --cycles $${CYCLES:-100} --rows $${ROWS:-200000} $(CHAOS_ARGS)
 
 clean: ## remove the demo's data and caches
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -9,13 +9,21 @@ extraction, upload, verification, purge and commit); a writer process meanwhile 
 eligible months and moves rows' `updated_at`, some within the same month. After every cycle:
 
 - every key is in exactly one place: source or the archive's queryable view (no key in both);
-- source keys + archived keys = seeded keys + keys the writer inserted (nothing lost);
+- source keys + archived keys = seeded keys + keys the writer inserted (nothing lost), counting as
+  safe the keys of verified staging parts, which a killed run may have purged and the next run of
+  that partition publishes;
 - no key appears twice in the archive;
 - every archived row holds the newest `updated_at` the writer committed for it (a row changed after
   it was read is never published; it stays in the source).
 
 Two tables: `visits` (single primary key) and `visit_items` (composite key). At the end every month
 is archived once more without kills and the same accounting must hold.
+
+Then (unless `--no-suite`) the reliability test files run through pytest (S3 fault schedules on the
+archive and the replica's staging, MySQL faults, kill points, concurrency, warehouse restarts, hostile
+input, secrets; the list is `reliability.CATEGORIES`), each test recording its scenario through the
+`reliability` fixture into a results file. The command ends with ONE table of every scenario:
+cycles, rows checked, rows lost (must be 0) and result; it exits non-zero if any scenario failed.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ from typing import Any
 import boto3
 import pyarrow.parquet as pq
 import sqlalchemy as sa
+
+from etl_assets_tests import reliability
 
 MONTHS = [(2023, m) for m in range(1, 13)]
 TABLES = {"visits": ["id"], "visit_items": ["visit_id", "line_no"]}
@@ -211,6 +221,25 @@ def _archived_rows(bucket: str, table: str, pk: list[str]) -> list[tuple[tuple[A
     return found
 
 
+def _verified_staged_keys(bucket: str, table: str, pk: list[str]) -> set[tuple[Any, ...]]:
+    """Keys in the parts of verified staging manifests: rows a killed run may already have deleted, which
+    the next run of that partition rolls forward into the archive (design.md section 5, invariant 4)."""
+    client = boto3.client("s3", region_name="us-east-1")
+    found: set[tuple[Any, ...]] = set()
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"archive/{table}/"):
+        for item in page.get("Contents", []):
+            if "/_staging/" not in item["Key"] or not item["Key"].endswith(".manifest.json"):
+                continue
+            manifest = json.loads(client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            if manifest.get("state") != "verified":
+                continue
+            for part in manifest["parts"]:
+                body = client.get_object(Bucket=bucket, Key=f"archive/{part['key']}")["Body"].read()
+                data = pq.read_table(io.BytesIO(body), columns=pk).to_pylist()
+                found.update(tuple(int(r[c]) for c in pk) for r in data)
+    return found
+
+
 def account(
     url: str, bucket: str, log_path: Path, seeded: dict[str, set[tuple[Any, ...]]], tally: Tally
 ) -> None:
@@ -230,6 +259,8 @@ def account(
         archived_keys = [k for k, _ in archived]
         expected = seeded[table] | inserted[table]
         present = set(source) | set(archived_keys)
+        if expected - present:
+            present |= _verified_staged_keys(bucket, table, pk)
         lost = expected - present
         tally.rows_checked += len(expected)
         tally.rows_lost += len(lost)
@@ -286,6 +317,9 @@ def run(url: str, bucket: str, *, cycles: int, rows: int, seed_value: int, workd
                 tally.kills += 1
             tally.cycles += 1
             account(url, bucket, log_path, seeded, tally)
+            if tally.cycles % 10 == 0 or tally.problems:
+                print(f"{tally.cycles}/{cycles} kill cycles, {tally.kills} killed, {tally.rows_lost} rows lost",
+                      flush=True)  # fmt: skip
     finally:
         writer_process.send_signal(signal.SIGTERM)
         writer_process.wait(timeout=60)
@@ -302,6 +336,19 @@ def run(url: str, bucket: str, *, cycles: int, rows: int, seed_value: int, workd
     return tally
 
 
+ROOT = Path(__file__).resolve().parent.parent
+KILLS = "randomized kills: SIGKILL of archive runs of random months, concurrent writer"
+
+
+def run_suite(log_path: Path, pytest_args: list[str]) -> int:
+    """Run the reliability test files through pytest, recording into `log_path`; returns pytest's status."""
+    here = Path(__file__).resolve().parent
+    files = [str(here / name) for name in reliability.CATEGORIES if (here / name).exists()]
+    env = {**os.environ, reliability.LOG_ENV: str(log_path)}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files, *pytest_args]
+    return subprocess.run(command, cwd=ROOT, env=env, check=False).returncode
+
+
 def main() -> None:
     """Command line: the scenario (default), or the `writer`/`child` roles it spawns."""
     if len(sys.argv) > 1 and sys.argv[1] == "writer":
@@ -310,10 +357,16 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), int(sys.argv[6]))
         return
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cycles", type=int, default=100)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--seed", type=int, default=20261128)
+    parser.add_argument(
+        "--no-suite", action="store_true", help="only the randomized kills, not the test files"
+    )
+    parser.add_argument(
+        "--pytest-args", default="", help="extra pytest arguments for the suite, e.g. '-k faults'"
+    )
     args = parser.parse_args()
     server = os.environ.get("ETL_TEST_MYSQL_URL", "mysql+pymysql://etl:etl-test-pass@127.0.0.1:3306/")
     os.environ.setdefault("AWS_ENDPOINT_URL", os.environ.get("ETL_TEST_S3_ENDPOINT", "http://127.0.0.1:5000"))
@@ -339,12 +392,23 @@ def main() -> None:
     finally:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-    print("\n| scenario | cycles | kills | rows checked | rows lost |\n|---|---:|---:|---:|---:|")
-    print(f"| random SIGKILL of archive runs + concurrent writer | {tally.cycles} | {tally.kills} | "
-          f"{tally.rows_checked:,} | {tally.rows_lost} |")  # fmt: skip
+    kills = reliability.Record(f"{KILLS} ({tally.kills} killed)", tally.cycles, tally.rows_checked,
+                               tally.rows_lost, "FAIL" if tally.problems or tally.rows_lost else "pass")  # fmt: skip
+    print(kills.line(), flush=True)
     for problem in tally.problems:
         print(f"PROBLEM: {problem}")
-    sys.exit(1 if tally.problems else 0)
+    records = [kills]
+    status = 0
+    if not args.no_suite:
+        log_path = workdir / "reliability.jsonl"
+        status = run_suite(log_path, args.pytest_args.split())
+        records += reliability.read(log_path)
+    print("\n" + reliability.table(records))
+    failed = [r for r in records if r.result == "FAIL"]
+    print(f"\n{len(records)} scenarios, {sum(r.cycles for r in records):,} cycles, "
+          f"{sum(r.rows_checked for r in records):,} rows checked, {sum(r.rows_lost for r in records)} rows lost, "
+          f"{len(failed)} failed")  # fmt: skip
+    sys.exit(1 if failed or status not in (0, 5) else 0)
 
 
 if __name__ == "__main__":
