@@ -180,7 +180,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
     if report.outcome != "passed" and item.stash.get(_OUTCOME, "passed") != "failed":
-        item.stash[_OUTCOME] = report.outcome
+        item.stash[_OUTCOME] = "xfail" if hasattr(report, "wasxfail") else report.outcome
     if report.when != "teardown":
         return
     record = item.stash.get(_RELIABILITY, None)
