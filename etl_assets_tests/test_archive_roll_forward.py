@@ -2,10 +2,11 @@
 
 Found by `make chaos` (randomized kills with a writer that moves rows between months): run A of August
 extracts and verifies row k, then dies before purging it; the row's time column is changed to January;
-run B of January archives and deletes k; run C of August rolls A forward. k is missing from the source
-when C purges, which C cannot tell apart from "deleted by A before it died", so C publishes A's stale
-August copy too: k is archived twice (design.md section 5, invariant 7). Kept as a strict xfail until
-the purge records what it deleted durably; it then passes and must lose the marker.
+then January is archived. If January deleted k first, August's roll-forward could not tell "missing
+because A deleted it" from "missing because it moved and was archived elsewhere", and would publish
+A's stale copy too: k archived twice (design.md section 5, invariant 7). Every run therefore finishes
+the table's verified staging of other months first (under the table lock): k is then "changed" for
+August, stays in MySQL, and January archives it once.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ def archive(
         client.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason="roll-forward publishes a row another partition already archived")
 def test_a_row_moved_to_another_month_before_roll_forward_is_archived_once(
     mysql_url: str, s3_bucket: str, tmp_path: Path, reliability: Reliability
 ) -> None:
@@ -73,9 +73,11 @@ def test_a_row_moved_to_another_month_before_roll_forward_is_archived_once(
             sa.text("UPDATE visits SET updated_at = '2023-01-15 12:00:00' WHERE id = :k"), {"k": moved}
         )
     engine.dispose()
-    assert archive(mysql_url, store, JANUARY).rows_committed == 51, "run B archives January and the moved row"
+    january = archive(mysql_url, store, JANUARY)
+    assert [r.split(":")[0] for r in january.recovered_runs] == ["2023-08-01"], "B finished A's August first"
+    assert january.rows_committed == 51, "run B archives January and the moved row"
     rolled = archive(mysql_url, store, AUGUST)
-    assert rolled.recovered_runs, "run C rolled run A forward"
+    assert rolled.recovered_runs == [] and rolled.rows_committed == 0, "nothing left for run C"
 
     archived = archived_keys(store)
     reliability.checked(rows=len(original), lost=len(original - set(archived) - source_keys(mysql_url)))

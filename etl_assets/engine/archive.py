@@ -221,6 +221,7 @@ class ArchiveJob:
             self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds),
         ):
             self._phase = "recovery of earlier runs"
+            self._recover_other_months()
             self._recover()
             committed = self._committed_manifests()
             # Before extracting, so a tampered or damaged partition is reported, never added to.
@@ -287,6 +288,55 @@ class ArchiveJob:
             if PartitionLayout.run_id_of_manifest(key) is not None:
                 manifests.append(Manifest.from_json(self.store.get_bytes(key)))
         return [m for m in manifests if m.state == "committed"]
+
+    def _recover_other_months(self) -> None:
+        """Roll forward verified staging of the table's other months before this month extracts.
+
+        A crashed run's verified staging may hold a row that has since moved into another month. If
+        that other month were archived first, the row would be deleted there, and the later roll-
+        forward could not tell "missing because my crashed run deleted it" from "missing because it
+        moved and was archived elsewhere": it would publish the stale copy too. Finishing every
+        verified staging of the table first (under the table lock this run holds) makes the moved row
+        count as changed, so it stays in MySQL and is archived once, by the month it now belongs to.
+        """
+        own = self.layout.month
+        months = {
+            month
+            for key in self.store.list(self.layout.table_staging_root + "/")
+            if key.endswith(".manifest.json") and (month := PartitionLayout.month_of_key(key)) is not None
+        }
+        for month in sorted(months - {own}):
+            other_layout = PartitionLayout(prefix="", table=self.table.name, month=month)
+            verified = [
+                Manifest.from_json(self.store.get_bytes(key))
+                for key in self.store.list(other_layout.staging_folder)
+                if PartitionLayout.run_id_of_manifest(key) is not None
+            ]
+            verified = [m for m in verified if m.state == "verified"]
+            if not verified:
+                continue
+            manifest = verified[0]
+            other = ArchiveJob(
+                source=self.source,
+                store=self.store,
+                table=self.table,
+                source_table=self.source_table,
+                partition_key=manifest.partition,
+                window=Window(
+                    datetime.fromisoformat(manifest.window_start), datetime.fromisoformat(manifest.window_end)
+                ),
+                run_id=self.run_id,
+                now=self.now,
+                log=self.log,
+                replica_guard=self.replica_guard,
+            )
+            self.log(
+                f"partition {manifest.partition} has verified staging from a crashed run; finishing it first"
+            )
+            other._recover()
+            self.report.recovered_runs.extend(
+                f"{manifest.partition}:{r}" for r in other.report.recovered_runs
+            )
 
     def _recover(self) -> None:
         committed_runs = {m.run_id for m in self._committed_manifests()}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 STAGING_SEGMENT = "_staging"
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
@@ -64,6 +64,17 @@ class PartitionLayout:
     def manifest_key(self, run_id: str, *, staging: bool) -> str:
         """Key of the manifest of run `run_id`."""
         return f"{self._folder(staging=staging)}/{_check_run_id(run_id)}.manifest.json"
+
+    @property
+    def table_staging_root(self) -> str:
+        """Folder holding the staging of every month of the table."""
+        return "/".join(p for p in (self.prefix.strip("/"), table_segment(self.table), STAGING_SEGMENT) if p)
+
+    @staticmethod
+    def month_of_key(key: str) -> datetime | None:
+        """The month a part or manifest key belongs to (from its `year=`/`month=` segments)."""
+        match = re.search(r"/year=(\d{4})/month=(\d{2})/", key)
+        return datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC) if match else None
 
     @staticmethod
     def run_id_of_manifest(key: str) -> str | None:
