@@ -89,10 +89,12 @@ class PrivatePostgres:
         """Create the cluster: trust auth on loopback, superuser `etl`, no fsync (throwaway data)."""
         self._run("initdb", "-D", str(self.data), "-U", self.superuser, "--auth=trust", "--no-sync",
                   "-E", "UTF8", "--locale=C.UTF-8")  # fmt: skip
+        # fsync off is safe for a process crash (the OS keeps the written WAL); synchronous_commit
+        # must stay on, or a crash restart drops the last commits and the tests see data vanish.
         with (self.data / "postgresql.conf").open("a", encoding="utf-8") as conf:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = ''\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 32MB\n"
+                "fsync = off\nfull_page_writes = off\nshared_buffers = 32MB\n"
             )
 
     def start(self, timeout: float = 30) -> None:

@@ -114,6 +114,16 @@ def config_for(
     return parse_config(text, source=path)
 
 
+def execute_sql(url: str, statement: str, params: Any = None) -> None:
+    """Run one statement in its own transaction on a short-lived engine."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(statement), params or {})
+    finally:
+        engine.dispose()
+
+
 def source_keys(url: str, table: str = "visits", key: str = "id") -> set[Any]:
     """Primary keys currently in the source table."""
     engine = sa.create_engine(url)

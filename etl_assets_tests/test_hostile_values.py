@@ -31,6 +31,7 @@ from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
 from etl_assets.resources.warehouse import WarehouseClient
 from etl_assets_tests.reliability import Reliability
+from etl_assets_tests.support import execute_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -66,15 +67,6 @@ def _text(size: int, rng: random.Random) -> str:
     return data.decode("utf-8", errors="ignore")
 
 
-def _execute(url: str, statement: str, params: Any = None) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(statement), params or {})
-    finally:
-        engine.dispose()
-
-
 def _fingerprints(url: str, query: str = FINGERPRINT) -> list[tuple[Any, ...]]:
     engine = sa.create_engine(url)
     try:
@@ -87,29 +79,29 @@ def _fingerprints(url: str, query: str = FINGERPRINT) -> list[tuple[Any, ...]]:
 def seed(url: str, *, oversize_row: bool) -> None:
     """A 15.5 MB text row, a 7.5 MB blob row, 40 small rows with NULLs; optionally a 16.5 MB row (id 3)."""
     rng = random.Random(16)
-    _execute(url, DDL)
+    execute_sql(url, DDL)
     insert = "INSERT INTO documents VALUES (:id, :title, :body, :attachment, :t)"
     stamp = datetime(2023, 1, 10, 8, 0)
-    _execute(
+    execute_sql(
         url,
         insert,
         {"id": 1, "title": "long text", "body": _text(BIG_TEXT, rng), "attachment": None, "t": stamp},
     )
-    _execute(
+    execute_sql(
         url,
         insert,
         {"id": 2, "title": "big blob", "body": "", "attachment": rng.randbytes(BIG_BLOB), "t": stamp},
     )
-    _execute(url, insert, [{"id": i, "title": None if i % 2 else f"small {i}", "body": None if i % 3 else "ok",
+    execute_sql(url, insert, [{"id": i, "title": None if i % 2 else f"small {i}", "body": None if i % 3 else "ok",
                             "attachment": None if i % 5 else b"\x00\xff", "t": stamp} for i in range(10, 50)])  # fmt: skip
     if oversize_row:
         # Written in two statements, each under the packet limit; together 16.5 MB in one row.
-        _execute(
+        execute_sql(
             url,
             insert,
             {"id": 3, "title": "both", "body": _text(9_000_000, rng), "attachment": None, "t": stamp},
         )
-        _execute(url, "UPDATE documents SET attachment = :a WHERE id = 3", {"a": rng.randbytes(BIG_BLOB)})
+        execute_sql(url, "UPDATE documents SET attachment = :a WHERE id = 3", {"a": rng.randbytes(BIG_BLOB)})
 
 
 def write_config(path: Path, url: str, bucket: str, warehouse_url: str = "", schema: str = "") -> Path:

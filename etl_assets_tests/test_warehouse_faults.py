@@ -44,7 +44,7 @@ from etl_assets.resources.warehouse import WarehouseClient, WarehouseError
 from etl_assets_tests.faults import FaultProxy, Rule
 from etl_assets_tests.private_postgres import PrivatePostgres, wait_for
 from etl_assets_tests.reliability import Reliability
-from etl_assets_tests.support import config_for
+from etl_assets_tests.support import config_for, execute_sql
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -63,15 +63,6 @@ LOCKED_ID = 150
 # -- helpers ------------------------------------------------------------------------------------------------
 
 
-def _execute(url: str, statement: str, params: Any = None) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(statement), params or {})
-    finally:
-        engine.dispose()
-
-
 def _rows(url: str, statement: str) -> list[tuple[Any, ...]]:
     engine = sa.create_engine(url)
     try:
@@ -83,18 +74,18 @@ def _rows(url: str, statement: str) -> list[tuple[Any, ...]]:
 
 def seed_orders(url: str) -> None:
     """300 orders on DAY."""
-    _execute(url, ORDERS_DDL)
-    _execute(url, "INSERT INTO orders VALUES (:id, 'first', :a, :t)",
+    execute_sql(url, ORDERS_DDL)
+    execute_sql(url, "INSERT INTO orders VALUES (:id, 'first', :a, :t)",
              [{"id": i, "a": f"{i}.25", "t": DAY + timedelta(minutes=i)} for i in range(1, 301)])  # fmt: skip
 
 
 def change_orders(url: str) -> None:
     """Every row changed (so the merge replaces all of them) and 50 new rows."""
-    _execute(
+    execute_sql(
         url,
         "UPDATE orders SET note = 'second', amount = amount + 1, updated_at = updated_at + INTERVAL 1 SECOND",
     )
-    _execute(url, "INSERT INTO orders VALUES (:id, 'second', 1.00, :t)",
+    execute_sql(url, "INSERT INTO orders VALUES (:id, 'second', 1.00, :t)",
              [{"id": i, "t": DAY + timedelta(hours=6, minutes=i)} for i in range(301, 351)])  # fmt: skip
 
 

@@ -668,9 +668,9 @@ class SourceClient:
     ) -> PurgeOutcome:
         """Delete the rows in `expected` whose time column still has the archived value; one transaction.
 
-        The rows are locked first (SELECT ... FOR UPDATE by primary key), compared in Python with the
-        values that were archived, and only the unchanged ones are deleted. A row updated since it was
-        read keeps its new time value and stays in the source.
+        A row updated since it was read keeps its new time value and stays in the source. MySQL does
+        it in one statement (`_delete_unchanged_mysql`); SQLite (the demo) reads the rows inside the
+        transaction, compares them in Python with the archived values and deletes the unchanged ones.
         """
         if self.dialect == "mysql":
             return self._delete_unchanged_mysql(
@@ -683,11 +683,8 @@ class SourceClient:
         select = sa.select(*(table.c[c] for c in primary_key), table.c[time_column]).where(
             self._key_filter(table, primary_key, keys)
         )
-        if self.dialect == "mysql":
-            select = select.with_for_update()
         with self.engine.begin() as conn:
-            if self.dialect == "sqlite":
-                conn.exec_driver_sql("SELECT 1")  # opens the transaction before reading
+            conn.exec_driver_sql("SELECT 1")  # opens SQLite's transaction before reading
             found = conn.execute(select).all()
             times, _ = convert([row[-1] for row in found])
             unchanged: list[tuple[Any, ...]] = []
