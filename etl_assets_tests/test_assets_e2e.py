@@ -119,7 +119,10 @@ def test_source_observation_and_table_sizes(env: dict[str, Any]) -> None:
         observation = result.get_asset_observation_events()[0].event_specific_data.asset_observation  # type: ignore[union-attr]
         schema = observation.metadata["dagster/column_schema"].value
         assert [c.name for c in schema.columns][:3] == ["id", "patient_id", "status"]
-        assert observation.metadata["dagster/row_count"].value == env["total"]
+        assert observation.metadata["dagster/row_count"].value == env["total"], (
+            "small tables get an exact count"
+        )
+        assert observation.metadata["row_count_is_estimate"].value is False
         assert observation.tags.get("dagster/data_version", "").startswith(f"{env['total']}:2023-02")
 
         sizes = _materialize(defs, "source_table_sizes", instance=instance)

@@ -15,6 +15,9 @@ from etl_assets.engine.gate import check_drift
 from etl_assets.lib.schema import SourceTable
 from etl_assets.resources.source import SourceDatabase, SourceError, TableSize
 
+# Tables with fewer rows (by InnoDB's estimate) get an exact COUNT(*) in their observation.
+EXACT_ROW_COUNT_BELOW = 1_000_000
+
 
 def column_schema(table: SourceTable) -> dg.TableSchema:
     """The Dagster TableSchema of a source table (MySQL types, nullability, primary key)."""
@@ -62,11 +65,16 @@ def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asset
     def _observe(context: dg.AssetExecutionContext):
         client = context.resources.source.open()
         reflected: SourceTable | None = None
-        rows, newest = 0, None
+        rows, newest, exact = 0, None, True
         try:
             live = client.reflect(table.name, primary_key=table.primary_key)
             reflected = live
             rows = client.estimated_rows(table.name)
+            # InnoDB's TABLE_ROWS is an estimate (off by a few rows, or by 10 % and more); below this
+            # size an exact COUNT(*) is cheap, so the UI shows the true number.
+            exact = rows < EXACT_ROW_COUNT_BELOW
+            if exact:
+                rows = client.row_count(table.name)
             if live.has_column(table.time_column):
                 newest = client.max_time(live, table.time_column)
         except SourceError as exc:
@@ -80,6 +88,7 @@ def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asset
             metadata |= {
                 "dagster/column_schema": column_schema(reflected),
                 "dagster/row_count": rows,
+                "row_count_is_estimate": not exact,
                 "primary_key": ", ".join(reflected.primary_key) or "(none)",
                 "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
             }
