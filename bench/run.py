@@ -1832,11 +1832,11 @@ def child_sensor(spec: dict[str, Any]) -> dict[str, Any]:
     # The same question asked on a warm connection, and how MariaDB plans it.
     url = defs.resources["source"].url  # type: ignore[attr-defined]
     client = SourceClient(url)
-    client.max_time_value(spec["table"], "updated_at")
+    client.max_time_values([(spec["table"], "updated_at")])
     probe = []
     for _ in range(ticks):
         t0 = time.perf_counter()
-        client.max_time_value(spec["table"], "updated_at")
+        client.max_time_values([(spec["table"], "updated_at")])
         probe.append(time.perf_counter() - t0)
     import sqlalchemy as sa
 

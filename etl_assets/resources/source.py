@@ -402,18 +402,6 @@ class SourceClient:
             values.append(_as_datetime(value))
         return values
 
-    def max_time_value(self, name: str, time_column: str) -> datetime | None:
-        """`SELECT MAX(time_column)` without reflection: the sensor's one indexed query per table."""
-        table = self._table(name, [time_column])
-        with self.engine.connect() as conn:
-            value = conn.execute(sa.select(sa.func.max(table.c[time_column]))).scalar()
-        if isinstance(value, str):
-            try:
-                value = datetime.fromisoformat(value)
-            except ValueError:
-                return None
-        return _as_datetime(value)
-
     def estimated_rows(self, name: str) -> int:
         """Row count that costs nothing: information_schema's estimate on MySQL, COUNT(*) on SQLite."""
         if self.dialect != "mysql":
