@@ -518,7 +518,15 @@ def _materialize(
     return job.execute_in_process(asset_selection=[key], instance=instance, raise_on_error=False, **kwargs)
 
 
-ROWS_SMALL, ROWS_LARGE = 10_000, 40_000
+ROWS_SMALL, ROWS_LARGE = 10_000, 100_000
+# Ten rows a minute: the read plans hour slices from a per-hour row count, which grows with the hours
+# a window spans (a few hundred bytes an hour), so the rows are packed densely enough for the rows,
+# not the hours, to be what the two loads differ in.
+SEED_STEP_SECONDS = 6
+# Holding the extra 90,000 rows would cost several MiB even as Arrow columns, and holding only their
+# keys ~700 KiB; a steady load's peak varies by ~100 KiB between runs (allocator and statement-cache
+# noise): the bound sits between.
+GROWTH_ALLOWED_BYTES = 512 << 10
 
 
 def _seed_spread(rig: Rig, rows: int, start: datetime, step_seconds: int) -> None:
@@ -567,7 +575,7 @@ def test_three_year_backfill_is_one_run_with_a_materialization_per_partition(pg_
 
 
 def test_memory_does_not_grow_with_the_row_count(pg_rig: Rig) -> None:
-    _seed_spread(pg_rig, ROWS_LARGE, DAY, 60)
+    _seed_spread(pg_rig, ROWS_LARGE, DAY, SEED_STEP_SECONDS)
 
     def peak(rows: int, schema: str) -> int:
         """Peak bytes the load allocated: Python objects (tracemalloc) plus Arrow buffers (a proxy pool)."""
@@ -577,7 +585,8 @@ def test_memory_does_not_grow_with_the_row_count(pg_rig: Rig) -> None:
         tracemalloc.reset_peak()
         before = tracemalloc.get_traced_memory()[0]
         try:
-            report = rig.job(DAY, DAY + timedelta(minutes=rows, seconds=30), lag="0 minutes", chunk_rows=500)
+            end = DAY + timedelta(seconds=rows * SEED_STEP_SECONDS + SEED_STEP_SECONDS // 2)
+            report = rig.job(DAY, end, lag="0 minutes", chunk_rows=500)
         finally:
             pa.set_memory_pool(previous)
         assert report.load.rows_staged == rows
@@ -593,7 +602,7 @@ def test_memory_does_not_grow_with_the_row_count(pg_rig: Rig) -> None:
         tracemalloc.stop()
         for schema in schemas:
             _drop_pg_schema(pg_rig.warehouse_url, schema)
-    assert large < 1.5 * small, (
+    assert large - small < GROWTH_ALLOWED_BYTES, (
         f"peak {large:,} B for {ROWS_LARGE:,} rows vs {small:,} B for {ROWS_SMALL:,} rows"
     )
 

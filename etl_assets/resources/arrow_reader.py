@@ -21,7 +21,7 @@ source (`ArchiveJob`), so the difference can only make a run archive less, never
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -167,7 +167,7 @@ def read_slice(url: str, query: str) -> pa.Table:
 
 def stream_slices(
     url: str,
-    queries: Sequence[str],
+    queries: Iterable[str],
     columns: Sequence[SourceColumn],
     schema: pa.Schema,
     counter: ZeroDateCounter,

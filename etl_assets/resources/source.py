@@ -468,11 +468,13 @@ class SourceClient:
 
     def _slice_queries(
         self, source: SourceTable, table: sa.Table, time_column: str, window: Window, chunk_rows: int
-    ) -> list[str]:
+    ) -> Iterator[str]:
         """One SELECT per time slice of at most `chunk_rows` rows, as literal SQL for connectorx.
 
-        The slices come from an index-only count per hour of the window. Only our own window bounds
-        are rendered as literals; identifiers are quoted by SQLAlchemy's MySQL dialect.
+        The slices come from an index-only count per hour of the window, counted now; each SELECT is
+        rendered only when the reader gets to it, so a long window holds its slice bounds, not its SQL.
+        Only our own window bounds are rendered as literals; identifiers are quoted by SQLAlchemy's
+        MySQL dialect.
         """
         tc = table.c[time_column]
         hour = sa.func.date_format(tc, "%Y-%m-%d %H:00:00")
@@ -486,14 +488,16 @@ class SourceClient:
         # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
         literal_dialect = mysql_dialect.dialect(paramstyle="qmark")
         base = sa.select(*select_expressions(table, source.columns))
-        return [
+        pieces = [piece for piece, _ in pack_slices(window, counts, chunk_rows)]
+        del counts
+        return (
             str(
                 base.where(self._window_filter(table, source, time_column, piece)).compile(
                     dialect=literal_dialect, compile_kwargs={"literal_binds": True}
                 )
             )
-            for piece, _ in pack_slices(window, counts, chunk_rows)
-        ]
+            for piece in pieces
+        )
 
     def stream_all(
         self, source: SourceTable, *, schema: pa.Schema, chunk_rows: int
