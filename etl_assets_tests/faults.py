@@ -13,11 +13,14 @@ kind            what the client sees
 ``truncate``    the upstream response's status and headers (full Content-Length), then only half
                 of its body, then the connection closes
 ``slow``        the request waits ``delay`` seconds, then is forwarded normally
+``short_body``  only the first half of the request body reaches the endpoint (Content-Length says
+                half): bytes lost between the client and S3, for PUTs and multipart parts
 =============== ==================================================================================
 
-A rule matches on the HTTP method and substrings of the URL path (``/bucket/key``, percent-decoded,
-without the query string) and fires ``times`` times (``None``: every time). Every request is
-recorded, so a test can assert how many attempts the client made.
+A rule matches on the HTTP method, substrings of the URL path (``/bucket/key``, percent-decoded,
+without the query string) and of the raw query string (``partNumber=2``, ``uploadId=``: one part
+of a multipart upload, or its completion), and fires ``times`` times (``None``: every time). Every
+request is recorded, so a test can assert how many attempts the client made.
 
 Example:
     ```python
@@ -42,7 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-FaultKind = Literal["slowdown", "unavailable", "internal", "reset", "truncate", "slow"]
+FaultKind = Literal["slowdown", "unavailable", "internal", "reset", "truncate", "slow", "short_body"]
 
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -69,6 +72,7 @@ class Rule:
         times: how many matching requests get the fault; None for every one (a persistent fault).
         exclude: substring the path must NOT contain ("" excludes nothing).
         delay: seconds a `slow` request waits before it is forwarded.
+        query: substring the raw query string must contain ("" matches any, including none).
         hits: how many requests this rule has faulted so far.
     """
 
@@ -78,32 +82,45 @@ class Rule:
     times: int | None = 1
     exclude: str = ""
     delay: float = 1.0
+    query: str = ""
     hits: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("slowdown", "unavailable", "internal", "reset", "truncate", "slow"):
+        if self.kind not in (
+            "slowdown",
+            "unavailable",
+            "internal",
+            "reset",
+            "truncate",
+            "slow",
+            "short_body",
+        ):
             raise ValueError(f"unknown fault kind {self.kind!r}")
         if not 0 <= self.delay <= _MAX_DELAY:
             raise ValueError(f"delay must be between 0 and {_MAX_DELAY} seconds")
         if self.times is not None and self.times < 0:
             raise ValueError("times must be >= 0 or None")
 
-    def matches(self, method: str, path: str) -> bool:
-        """True when a request (`method`, decoded `path`) is one this rule is about (ignores `times`)."""
+    def matches(self, method: str, path: str, query: str = "") -> bool:
+        """True when a request (`method`, decoded `path`, raw `query`) is one this rule is about
+        (ignores `times`)."""
         return (
             (not self.method or self.method.upper() == method)
             and self.key in path
             and not (self.exclude and self.exclude in path)
+            and self.query in query
         )
 
 
 @dataclass(frozen=True)
 class Seen:
-    """One request the proxy received: method, decoded path, and the fault injected (or "")."""
+    """One request the proxy received: method, decoded path, the fault injected (or "") and the raw
+    query string."""
 
     method: str
     path: str
     fault: str
+    query: str = ""
 
 
 class FaultProxy:
@@ -171,20 +188,24 @@ class FaultProxy:
         with self._lock:
             self._rules.clear()
 
-    def seen(self, method: str = "", key: str = "") -> list[Seen]:
-        """Requests received so far, optionally filtered by method and path substring."""
+    def seen(self, method: str = "", key: str = "", query: str = "") -> list[Seen]:
+        """Requests received so far, optionally filtered by method, path and query substrings."""
         with self._lock:
-            return [s for s in self._seen if (not method or s.method == method) and key in s.path]
+            return [
+                s
+                for s in self._seen
+                if (not method or s.method == method) and key in s.path and query in s.query
+            ]
 
-    def _fault_for(self, method: str, path: str) -> Rule | None:
+    def _fault_for(self, method: str, path: str, query: str) -> Rule | None:
         with self._lock:
             chosen = None
             for rule in self._rules:
-                if rule.matches(method, path) and (rule.times is None or rule.hits < rule.times):
+                if rule.matches(method, path, query) and (rule.times is None or rule.hits < rule.times):
                     rule.hits += 1
                     chosen = rule
                     break
-            self._seen.append(Seen(method, path, chosen.kind if chosen else ""))
+            self._seen.append(Seen(method, path, chosen.kind if chosen else "", query))
             return chosen
 
     # -- forwarding ----------------------------------------------------------------------------------
@@ -245,12 +266,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
         def _handle(self) -> None:
             method = self.command
             target = self.path
-            path = unquote(urlsplit(target).path)
+            split = urlsplit(target)
+            path = unquote(split.path)
             body = self._read_body()
             if body is None:
                 self._send_error(413, "EntityTooLarge", "the fault proxy does not buffer bodies this large")
                 return
-            rule = proxy._fault_for(method, path)
+            rule = proxy._fault_for(method, path, split.query)
             kind = rule.kind if rule else ""
             if kind in _ERRORS:
                 self._send_error(*_ERRORS[kind])
@@ -263,6 +285,8 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 time.sleep(rule.delay)
             headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
             headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+            if kind == "short_body":
+                body = body[: len(body) // 2]
             if body or method in ("PUT", "POST"):
                 headers.append(("Content-Length", str(len(body))))
             try:

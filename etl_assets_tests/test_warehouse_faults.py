@@ -18,8 +18,11 @@ The uploads go through the fault proxy (`faults.py`).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import io
+import os
 import re
 import threading
 import uuid
@@ -85,7 +88,7 @@ def change_orders(url: str) -> None:
         url,
         "UPDATE orders SET note = 'second', amount = amount + 1, updated_at = updated_at + INTERVAL 1 SECOND",
     )
-    execute_sql(url, "INSERT INTO orders VALUES (:id, 'second', 1.00, :t)",
+    execute_sql(url, "INSERT INTO orders (id, note, amount, updated_at) VALUES (:id, 'second', 1.00, :t)",
              [{"id": i, "t": DAY + timedelta(hours=6, minutes=i)} for i in range(301, 351)])  # fmt: skip
 
 
@@ -101,9 +104,11 @@ def ledger_rows(url: str, schema: str) -> int:
     return int(_rows(url, f'SELECT COUNT(*) FROM "{schema}"._etl_assets_loads')[0][0])
 
 
-def table_config(source_url: str, warehouse_url: str, schema: str, tmp_path: Path) -> TableConfig:
+def table_config(
+    source_url: str, warehouse_url: str, schema: str, tmp_path: Path, chunk_rows: int = 100
+) -> TableConfig:
     config = config_for(source_url=source_url, warehouse_url=warehouse_url, warehouse_schema=schema,
-                        tables="  - name: orders\n    replica: {start: 2024-01-01, chunk_rows: 100}\n",
+                        tables=f"  - name: orders\n    replica: {{start: 2024-01-01, chunk_rows: {chunk_rows}}}\n",
                         path=str(tmp_path / "etl_assets.yaml"))  # fmt: skip
     return config.tables[0]
 
@@ -264,11 +269,12 @@ def proxy(s3_endpoint: str) -> Iterator[FaultProxy]:
         yield running
 
 
-def staging_store(endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch) -> ObjectStore:
-    """The staging store with its boto3 client on `endpoint` (boto3 reads AWS_ENDPOINT_URL when created)."""
+def staging_store(endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch, **sizes: int) -> ObjectStore:
+    """The staging store with its boto3 client on `endpoint` (boto3 reads AWS_ENDPOINT_URL when created);
+    `sizes` are open_store's multipart settings."""
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    return open_store(f"s3://{bucket}/staging", region="us-east-1")
+    return open_store(f"s3://{bucket}/staging", region="us-east-1", **sizes)
 
 
 STAGED = "/staging/stage_orders/"
@@ -338,4 +344,98 @@ def test_s3_faults_on_redshift_staging_fail_before_the_target_or_complete(
     )
     leftovers = reader.list_objects_v2(Bucket=s3_bucket, Prefix="staging/").get("Contents", [])
     assert leftovers == [], "staged files are removed after the load, failed or not"
+    account(reliability, mysql_url, pg_server_url, pg_schema)
+
+
+# -- multipart uploads of a staged file ---------------------------------------------------------------------
+#
+# A staged file of 32 MiB or more goes up as a multipart upload. Here the staging store's threshold and
+# chunk are S3's 5 MiB minimum, the load stages all 350 orders in one file, and orders 1-300 carry
+# 60,000 characters of random text each (within Redshift's VARCHAR(65535)), so part-00000.parquet
+# (~14 MB) is uploaded in three chunks: UploadPart is `PUT ...?partNumber=N&uploadId=...`,
+# CompleteMultipartUpload `POST ...?uploadId=...`.
+
+MULTIPART = {"multipart_threshold_bytes": 5 << 20, "multipart_chunk_bytes": 5 << 20}
+FIRST_FILE = "part-00000.parquet"
+UPLOAD_FAILED = r"rolled back \(nothing committed\).*could not upload .*part-00000\.parquet"
+MULTIPART_FAULTS = {
+    # fault name: (rule, None if the load completes else what its error says)
+    "500-on-part-2-persistent": (Rule(method="PUT", key=FIRST_FILE, query="partNumber=2", kind="internal",
+                                      times=None), UPLOAD_FAILED + ".*InternalError.*UploadPart"),
+    "500-on-complete-persistent": (Rule(method="POST", key=FIRST_FILE, query="uploadId=", kind="internal",
+                                        times=None), UPLOAD_FAILED + ".*InternalError.*CompleteMultipartUpload"),
+    "reset-on-part-1": (Rule(method="PUT", key=FIRST_FILE, query="partNumber=1", kind="reset", times=1), None),
+    "slowdown-on-complete": (Rule(method="POST", key=FIRST_FILE, query="uploadId=", kind="slowdown", times=1),
+                             None),
+    "short-last-part-once": (Rule(method="PUT", key=FIRST_FILE, query="partNumber=3", kind="short_body", times=1),
+                             r"rolled back \(nothing committed\).*part-00000\.parquet has [\d,]+ bytes after its upload"),
+}  # fmt: skip
+
+
+def add_scans(url: str) -> None:
+    """A TEXT column with 60,000 characters of random text in orders 1-300."""
+    execute_sql(url, "ALTER TABLE orders ADD COLUMN scan TEXT NULL")
+    execute_sql(url, "UPDATE orders SET scan = :scan WHERE id = :id",
+                [{"id": i, "scan": base64.b64encode(os.urandom(45_000)).decode()} for i in range(1, 301)])  # fmt: skip
+
+
+def scan_digests(url: str, table: str) -> list[tuple[Any, ...]]:
+    return _rows(url, f"SELECT id, md5(scan) FROM {table} WHERE scan IS NOT NULL ORDER BY id")
+
+
+@pytest.mark.parametrize("fault", list(MULTIPART_FAULTS))
+def test_faults_on_a_multipart_staging_upload_fail_before_the_target_or_complete(
+    fault: str,
+    proxy: FaultProxy,
+    s3_endpoint: str,
+    s3_bucket: str,
+    mysql_url: str,
+    pg_server_url: str,
+    pg_schema: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    reliability: Reliability,
+) -> None:
+    reliability.category = "S3 faults (replica staging)"
+    template, error = MULTIPART_FAULTS[fault]
+    reader = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
+    staging_url = f"s3://{s3_bucket}/staging"
+    seed_orders(mysql_url)
+    add_scans(mysql_url)
+    table = table_config(mysql_url, pg_server_url, pg_schema, tmp_path, chunk_rows=1000)
+
+    def warehouse(endpoint: str) -> RedshiftOnPostgres:
+        return RedshiftOnPostgres(url=pg_server_url, schema=pg_schema, reader=reader, staging_url=staging_url,
+                                  staging=staging_store(endpoint, s3_bucket, monkeypatch, **MULTIPART))  # fmt: skip
+
+    run_load(mysql_url, warehouse(s3_endpoint), table, "run-1")
+    before = replica_rows(pg_server_url, pg_schema)
+    change_orders(mysql_url)
+
+    rule = proxy.add(dataclasses.replace(template))
+    faulty = warehouse(proxy.url)
+    if error is None:
+        report = run_load(mysql_url, faulty, table, "run-2")
+        assert rule.hits == rule.times
+        assert report.load.rows_staged == 350 and len(faulty.copies) == 1
+    else:
+        with pytest.raises(WarehouseError, match=error):
+            run_load(mysql_url, faulty, table, "run-2")
+        assert rule.hits == (7 if rule.times is None else rule.times), (
+            "retried (1 + 6 attempts) when persistent"
+        )
+        assert faulty.copies == [], "COPY never ran: the load failed before touching the warehouse tables"
+        assert replica_rows(pg_server_url, pg_schema) == before
+        assert ledger_rows(pg_server_url, pg_schema) == 1
+        run_load(mysql_url, warehouse(s3_endpoint), table, "run-3")
+    numbers = {
+        s.query.split("partNumber=")[1].split("&")[0] for s in proxy.seen("PUT", FIRST_FILE, "partNumber=")
+    }
+    assert numbers == {"1", "2", "3"}, "the staged file went up as a multipart upload of three parts"
+    assert reader.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == [], "no upload left open"
+    assert reader.list_objects_v2(Bucket=s3_bucket, Prefix="staging/").get("Contents", []) == [], (
+        "staged files are removed after the load, failed or not"
+    )
+    assert ledger_rows(pg_server_url, pg_schema) == 2
+    assert scan_digests(pg_server_url, f'"{pg_schema}".orders') == scan_digests(mysql_url, "orders")
     account(reliability, mysql_url, pg_server_url, pg_schema)

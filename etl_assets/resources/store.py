@@ -28,6 +28,8 @@ from pydantic import Field
 from etl_assets.lib import envvars
 
 _MULTIPART_THRESHOLD = 32 * 1024 * 1024
+_MULTIPART_CHUNK = 16 * 1024 * 1024
+_S3_MIN_PART = 5 * 1024 * 1024  # S3 refuses multipart uploads whose parts (but the last) are smaller
 
 
 class StoreError(RuntimeError):
@@ -182,10 +184,22 @@ class S3Store:
         lock_days: int | None,
         region: str,
         now: Any = None,
+        multipart_threshold_bytes: int = _MULTIPART_THRESHOLD,
+        multipart_chunk_bytes: int = _MULTIPART_CHUNK,
     ) -> None:
         import boto3
         from botocore.config import Config
 
+        if multipart_chunk_bytes < _S3_MIN_PART or multipart_threshold_bytes < multipart_chunk_bytes:
+            raise ValueError(
+                f"multipart chunks must be at least {_S3_MIN_PART:,} bytes (S3's minimum part size) and "
+                f"no larger than the multipart threshold; got chunk {multipart_chunk_bytes:,}, "
+                f"threshold {multipart_threshold_bytes:,}"
+            )
+        # Files at or above the threshold go up as multipart uploads of `chunk`-sized parts, each
+        # retried on its own; smaller ones as one PutObject.
+        self.multipart_threshold_bytes = multipart_threshold_bytes
+        self.multipart_chunk_bytes = multipart_chunk_bytes
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.kms_key_id = kms_key_id
@@ -236,15 +250,19 @@ class S3Store:
                 self._full(key),
                 ExtraArgs=args,
                 Config=TransferConfig(
-                    multipart_threshold=_MULTIPART_THRESHOLD, multipart_chunksize=16 * 1024 * 1024
+                    multipart_threshold=self.multipart_threshold_bytes,
+                    multipart_chunksize=self.multipart_chunk_bytes,
                 ),
             )
         except Exception as exc:
             raise self._wrap("upload", key, exc) from exc
         stored = self.head(key)
-        if stored is None or stored.size != path.stat().st_size:
+        expected = path.stat().st_size
+        if stored is None or stored.size != expected:
+            found = "is missing" if stored is None else f"has {stored.size:,} bytes"
             raise StoreError(
-                f"s3://{self.bucket}/{self._full(key)} is missing or has the wrong size after upload"
+                f"s3://{self.bucket}/{self._full(key)} {found} after its upload of {expected:,} bytes: "
+                "the upload was damaged on its way; the object is not used, re-run to upload it again"
             )
         return stored
 
@@ -346,9 +364,20 @@ class S3Store:
 
 
 def open_store(
-    url: str, *, kms_key_id: str = "", lock_mode: str | None = None, lock_days: int | None = None, region: str
+    url: str,
+    *,
+    kms_key_id: str = "",
+    lock_mode: str | None = None,
+    lock_days: int | None = None,
+    region: str,
+    multipart_threshold_bytes: int = _MULTIPART_THRESHOLD,
+    multipart_chunk_bytes: int = _MULTIPART_CHUNK,
 ) -> ObjectStore:
-    """A store for a resolved URL: `s3://bucket/prefix` or a local directory (`file://` optional)."""
+    """A store for a resolved URL: `s3://bucket/prefix` or a local directory (`file://` optional).
+
+    The multipart sizes apply to S3 only: files of at least `multipart_threshold_bytes` are uploaded
+    in parts of `multipart_chunk_bytes` (at least 5 MiB, S3's minimum).
+    """
     if url.startswith("s3://"):
         bucket, _, prefix = url[5:].partition("/")
         if not bucket:
@@ -360,6 +389,8 @@ def open_store(
             lock_mode=lock_mode,
             lock_days=lock_days,
             region=region,
+            multipart_threshold_bytes=multipart_threshold_bytes,
+            multipart_chunk_bytes=multipart_chunk_bytes,
         )
     root = Path(url.removeprefix("file://")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
