@@ -23,6 +23,7 @@ from etl_assets.config import ProjectConfig, TableConfig, utcnow
 from etl_assets.engine.archive import ArchiveError, ArchiveJob, ArchiveReport
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.lib.windows import Window, month_window
+from etl_assets.resources.memory import release_freed_memory
 from etl_assets.resources.source import SourceDatabase, SourceError
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
@@ -147,6 +148,10 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                 if report.message:
                     context.log.info(report.message)
                 reports.append(report)
+                del job
+                # A backfill's partitions run one after another in this process: hand what the last
+                # one freed back to the OS, or RSS creeps up with every month (see memory.py).
+                release_freed_memory()
         except (ArchiveError, DriftBlockedError, SourceError) as exc:
             # SourceError: lock busy, a replica misconfigured; each message says which table and the fix.
             raise dg.Failure(description=str(exc)) from None

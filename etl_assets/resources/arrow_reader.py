@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from etl_assets.lib.convert import converter_for
 from etl_assets.lib.schema import SourceColumn
+from etl_assets.resources.memory import PeriodicRelease
 
 pc: Any = _compute
 
@@ -174,6 +175,7 @@ def stream_slices(
     chunk_rows: int,
 ) -> Generator[pa.RecordBatch, None, None]:
     """Run the slice queries one after the other, yielding archive-schema batches of <= `chunk_rows`."""
+    release = PeriodicRelease()
     for query in queries:
         table = read_slice(url, query)
         counter.slices += 1
@@ -181,3 +183,7 @@ def stream_slices(
         del table  # the slice's raw result goes before the next one is read
         for offset in range(0, batch.num_rows, chunk_rows):
             yield batch.slice(offset, chunk_rows)
+        del batch
+        # connectorx's threads free into their own malloc arenas; without a trim the freed pages stay
+        # mapped and RSS creeps up slice after slice (see memory.py).
+        release()
