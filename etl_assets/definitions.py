@@ -13,17 +13,18 @@ from etl_assets.assets.replica import build_replica_asset
 from etl_assets.assets.source import build_source_asset, build_table_sizes_asset
 from etl_assets.checks.replica import build_replica_checks
 from etl_assets.config import ProjectConfig, load_config
+from etl_assets.jobs import build_table_jobs
 from etl_assets.resources.alerts import AlertPublisher
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
 from etl_assets.schedules import (
-    build_archive_jobs_and_schedules,
+    build_archive_schedules,
     build_checks_job_and_schedule,
     build_replica_fallback_schedules,
 )
 from etl_assets.sensors.alerts import build_alert_sensors
-from etl_assets.sensors.new_rows import build_new_rows_sensor, build_replica_jobs
+from etl_assets.sensors.new_rows import build_new_rows_sensor
 
 
 def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]:
@@ -73,19 +74,18 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
         if table.replica is not None:
             assets.append(build_replica_asset(config=config, table=table))
             checks.extend(build_replica_checks(config=config, table=table))
-    archive_jobs, schedules = build_archive_jobs_and_schedules(config=config)
+    table_jobs = build_table_jobs(config=config)
     checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
-    replica_jobs = build_replica_jobs(config=config)
-    sensors = [s for s in (build_new_rows_sensor(config=config, jobs=replica_jobs),) if s is not None]
+    sensors = [s for s in (build_new_rows_sensor(config=config, jobs=table_jobs),) if s is not None]
     sensors += build_alert_sensors(source_name=config.source.group_name)
     return dg.Definitions(
         assets=assets,
         asset_checks=checks,
-        jobs=[*archive_jobs, *replica_jobs, checks_job],
+        jobs=[*table_jobs.jobs(), checks_job],
         schedules=[
-            *schedules,
+            *build_archive_schedules(config=config, jobs=table_jobs),
             checks_schedule,
-            *build_replica_fallback_schedules(config=config, jobs=replica_jobs),
+            *build_replica_fallback_schedules(config=config, jobs=table_jobs),
         ],
         sensors=sensors,
         resources=build_resources(config),

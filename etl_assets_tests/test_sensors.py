@@ -14,6 +14,8 @@ from etl_assets_tests.support import config_for, seed_visits
 
 pytestmark = pytest.mark.integration
 
+VISITS_REPLICA = dg.AssetKey(["replica", "visits"])
+
 
 def tick(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
@@ -38,7 +40,9 @@ def test_first_tick_requests_then_skips_then_requests_only_changed_partitions(my
     first = tick(defs, instance, None)
     assert isinstance(first, dg.SensorResult)
     assert [r.partition_key for r in first.run_requests] == ["2026-11-20"]
-    assert first.run_requests[0].job_name == "replica_visits"
+    assert first.run_requests[0].job_name == "replica_daily_since_2026_11_01"
+    assert first.run_requests[0].asset_selection == [VISITS_REPLICA]
+    assert first.run_requests[0].tags["etl_assets/table"] == "visits"
     assert first.run_requests[0].run_key == "visits:2026-11-20:2026-11-20T09:30:00+00:00"
 
     second = tick(defs, instance, first.cursor)
@@ -79,10 +83,14 @@ def test_a_tick_sends_one_statement_for_every_table_on_a_kept_connection(mysql_u
     instance = dg.DagsterInstance.ephemeral()
     first = tick(defs, instance, None)
     assert isinstance(first, dg.SensorResult)
-    assert {r.job_name for r in first.run_requests} == {"replica_visits", "replica_day_log"}, (
-        "the empty table asks nothing"
-    )
-    assert [r.partition_key for r in first.run_requests if r.job_name == "replica_day_log"] == ["2026-11-05"]
+    # empty_log and day_log are partitioned alike and share a job; each request selects its table.
+    requested = {(r.job_name, tuple(r.asset_selection or ())) for r in first.run_requests}
+    assert requested == {
+        ("replica_monthly_since_2023_01", (VISITS_REPLICA,)),
+        ("replica_daily_since_2026_11_01", (dg.AssetKey(["replica", "day_log"]),)),
+    }, "the empty table asks nothing"
+    day_log = [r for r in first.run_requests if r.tags["etl_assets/table"] == "day_log"]
+    assert [r.partition_key for r in day_log] == ["2026-11-05"]
 
     statements: list[str] = []
     client = defs.resources["source"].open_shared()  # type: ignore[union-attr]
@@ -106,6 +114,7 @@ def test_a_long_pause_becomes_one_range_run(mysql_url: str) -> None:
     result = tick(defs, dg.DagsterInstance.ephemeral(), cursor)
     assert isinstance(result, dg.SensorResult)
     assert len(result.run_requests) == 1
+    assert result.run_requests[0].asset_selection == [VISITS_REPLICA]
     tags = result.run_requests[0].tags
     assert tags["dagster/asset_partition_range_start"] == "2026-01-01"
     assert tags["dagster/asset_partition_range_end"].startswith("2026-10-")
@@ -126,7 +135,45 @@ def test_replica_fallback_schedule_requests_the_current_partition() -> None:
     )
     requests = schedule.evaluate_tick(context).run_requests or []
     assert [r.partition_key for r in requests] == ["2026-11-28"]
+    assert [r.asset_selection for r in requests] == [[VISITS_REPLICA]]
     early = dg.build_schedule_context(
         scheduled_execution_time=datetime(2025, 6, 1, tzinfo=UTC), repository_def=defs.get_repository_def()
     )
     assert not schedule.evaluate_tick(early).run_requests
+
+
+def test_archive_schedules_request_their_table_in_the_shared_job() -> None:
+    tables = (
+        "".join(
+            f"  - name: {name}\n    primary_key: [id]\n    archive: {{retention: 1 year, start: '2024-01'}}\n"
+            for name in ("visits", "labs", "claims")
+        )
+        + "  - name: notes\n    primary_key: [id]\n    archive: {retention: 2 years, start: '2024-01'}\n"
+    )
+    config = config_for(source_url="sqlite:///unused.db", archive_url="unused-archive", tables=tables)
+    defs = build_definitions(config)
+    repository = defs.get_repository_def()
+    jobs = sorted(job.name for job in repository.get_all_jobs() if job.name.startswith("archive_"))
+    assert jobs == ["archive_since_2024_01_keep_12m", "archive_since_2024_01_keep_24m"], (
+        "tables partitioned alike share one job; another retention is another partitioning"
+    )
+    shared = repository.get_job("archive_since_2024_01_keep_12m")
+    assert {k.path[-1] for k in shared.asset_layer.executable_asset_keys} == {"visits", "labs", "claims"}
+
+    for table, months_back in (("labs", 12), ("notes", 24)):
+        schedule = defs.resolve_schedule_def(f"archive_{table}_schedule")
+        assert schedule.default_status == dg.DefaultScheduleStatus.STOPPED
+        context = dg.build_schedule_context(
+            scheduled_execution_time=datetime(2026, 11, 2, 3, 0, tzinfo=UTC), repository_def=repository
+        )
+        requests = schedule.evaluate_tick(context).run_requests or []
+        newest_eligible = (datetime(2026, 11, 1) - timedelta(days=1)).replace(day=1)
+        expected = newest_eligible.replace(year=newest_eligible.year - months_back // 12)
+        assert [(r.partition_key, r.asset_selection) for r in requests] == [
+            (expected.date().isoformat(), [dg.AssetKey(["archive", table])])
+        ]
+        assert requests[0].tags["etl_assets/table"] == table
+        too_early = dg.build_schedule_context(
+            scheduled_execution_time=datetime(2024, 6, 2, 3, 0, tzinfo=UTC), repository_def=repository
+        )
+        assert not schedule.evaluate_tick(too_early).run_requests

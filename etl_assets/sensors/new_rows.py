@@ -10,10 +10,10 @@ import json
 from datetime import datetime
 
 import dagster as dg
-from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_assets.assets.naming import replica_key, replica_partitions
+from etl_assets.assets.naming import replica_key
 from etl_assets.config import ProjectConfig, TableConfig
+from etl_assets.jobs import TableJobs, table_run_tags
 from etl_assets.lib.windows import utc
 from etl_assets.resources.source import SourceDatabase
 
@@ -42,27 +42,10 @@ def changed_partition_keys(table: TableConfig, partitions: dg.TimeWindowPartitio
     return keys
 
 
-def replica_job_name(table: TableConfig) -> str:
-    """The job the sensor starts for one table (tables may have different partitions)."""
-    return f"replica_{table.asset_name}"
-
-
-def build_replica_jobs(*, config: ProjectConfig) -> list[UnresolvedAssetJobDefinition]:
-    """One job per replicated table: the sensor's targets, also handy in the UI's Launchpad."""
-    return [
-        dg.define_asset_job(
-            replica_job_name(table),
-            selection=dg.AssetSelection.assets(replica_key(table)),
-            description=f"Load new rows of {table.name} into the replica.",
-            tags={"etl_assets/table": table.asset_name},
-        )
-        for table in config.tables
-        if table.replica is not None
-    ]
-
-
-def _requests(table: TableConfig, keys: list[str], newest: datetime) -> list[dg.RunRequest]:
-    tags = {"etl_assets/table": table.asset_name, "etl_assets/trigger": SENSOR_NAME}
+def _requests(table: TableConfig, job_name: str, keys: list[str], newest: datetime) -> list[dg.RunRequest]:
+    # The job is shared by the tables partitioned alike; the selection makes the run this table's.
+    selection = [replica_key(table)]
+    tags = table_run_tags(table) | {"etl_assets/trigger": SENSOR_NAME}
     if len(keys) > MAX_PARTITIONS_PER_TICK:
         # After a long pause: one single-run backfill over the range, not hundreds of runs.
         range_tags = {
@@ -72,14 +55,16 @@ def _requests(table: TableConfig, keys: list[str], newest: datetime) -> list[dg.
         return [
             dg.RunRequest(
                 run_key=f"{table.asset_name}:{keys[0]}...{keys[-1]}:{newest.isoformat()}",
-                job_name=replica_job_name(table),
+                job_name=job_name,
+                asset_selection=selection,
                 tags=tags | range_tags,
             )
         ]
     return [
         dg.RunRequest(
             run_key=f"{table.asset_name}:{key}:{newest.isoformat()}",
-            job_name=replica_job_name(table),
+            job_name=job_name,
+            asset_selection=selection,
             partition_key=key,
             tags=tags,
         )
@@ -87,20 +72,18 @@ def _requests(table: TableConfig, keys: list[str], newest: datetime) -> list[dg.
     ]
 
 
-def build_new_rows_sensor(
-    *, config: ProjectConfig, jobs: list[UnresolvedAssetJobDefinition]
-) -> dg.SensorDefinition | None:
+def build_new_rows_sensor(*, config: ProjectConfig, jobs: TableJobs) -> dg.SensorDefinition | None:
     """One sensor for every replicated table (None when no table has a replica)."""
     tables = [t for t in config.tables if t.replica is not None]
     if not tables:
         return None
-    partitions = {t.asset_name: replica_partitions(config, t) for t in tables}
+    groups = {t.asset_name: jobs.replica[t.name] for t in tables}
 
     @dg.sensor(
         name=SENSOR_NAME,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        jobs=jobs,
+        jobs=list({g.job.name: g.job for g in groups.values()}.values()),
         description=(
             "Polls MAX(time column) of every replicated table in one indexed query and loads the partitions "
             "that gained rows."
@@ -122,8 +105,9 @@ def build_new_rows_sensor(
             if seen == newest.isoformat():
                 continue
             since = datetime.fromisoformat(seen) if seen else None
-            keys = changed_partition_keys(table, partitions[table.asset_name], since=since, newest=newest)
-            requests.extend(_requests(table, keys, newest))
+            group = groups[table.asset_name]
+            keys = changed_partition_keys(table, group.partitions, since=since, newest=newest)
+            requests.extend(_requests(table, group.job.name, keys, newest))
             cursor[table.asset_name] = newest.isoformat()
         if not requests:
             context.update_cursor(json.dumps(cursor, sort_keys=True))
