@@ -26,7 +26,8 @@ demo: install ## run the whole pipeline on the embedded demo (SQLite, local fold
 
 dev: install ## open the Dagster UI on http://127.0.0.1:3000 with the demo's history
 	@mkdir -p $(DAGSTER_HOME) && [ -f $(DAGSTER_HOME)/dagster.yaml ] || cp dagster.yaml $(DAGSTER_HOME)/
-	$(BIN)/python scripts/run_stoppable.py $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
+	DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1 DAGSTER_EVENT_BATCH_SIZE=1000 \
+		$(BIN)/python scripts/run_stoppable.py $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -w workspace.yaml
 
 services: install ## start MariaDB, PostgreSQL and the local S3/SNS endpoint (idempotent)
 	scripts/stack.sh start >/dev/null

@@ -294,6 +294,10 @@ class Env:
             AWS_SECRET_ACCESS_KEY=env.get("AWS_SECRET_ACCESS_KEY", "testing"),
             AWS_DEFAULT_REGION=env.get("AWS_DEFAULT_REGION", "us-east-1"),
             DAGSTER_HOME=str(self.work / "dagster_home"),
+            # As deploy/dagster.yaml sets them for run workers: partition events batched into the
+            # event log, one planned event per single-run backfill.
+            DAGSTER_EVENT_BATCH_SIZE="1000",
+            DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="1",
             RUNTIME__DLTHUB_TELEMETRY="false",
             PYTHONUNBUFFERED="1",
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
@@ -1939,9 +1943,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--dagster-storage",
         choices=("sqlite", "postgres"),
-        default="sqlite",
-        help="Dagster instance storage for the Dagster runs: sqlite (dagster.yaml, local default) or "
-        "postgres (as deploy/dagster.yaml; a fresh database <namespace>_dagster on the PG server)",
+        default="postgres",
+        help="Dagster instance storage for the Dagster runs: postgres (as deploy/dagster.yaml, the "
+        "default; a fresh database <namespace>_dagster on the PG server) or sqlite (dagster.yaml, "
+        "the local development instance)",
     )
     parser.add_argument(
         "--profile", default="", help="directory: after measuring, profile one archive_all[N] run with py-spy"

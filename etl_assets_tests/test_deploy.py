@@ -32,6 +32,16 @@ def test_production_instance_config_is_valid() -> None:
     importlib.import_module("dagster_postgres")
     limits = {limit["key"] for limit in config["concurrency"]["runs"]["tag_concurrency_limits"]}
     assert limits == {"etl_assets/source", "etl_assets/table"}
+    # Run workers batch their partition events into PostgreSQL (see the comment in the file).
+    launcher_class = getattr(
+        importlib.import_module(config["run_launcher"]["module"]), config["run_launcher"]["class"]
+    )
+    launcher_schema = launcher_class.config_type()
+    assert "env_vars" in launcher_schema, "the run launcher accepts env_vars"
+    assert set(config["run_launcher"]["config"]["env_vars"]) == {
+        "DAGSTER_EVENT_BATCH_SIZE=1000",
+        "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=1",
+    }
 
 
 def test_a_typo_in_the_instance_config_is_rejected(tmp_path: Path) -> None:
