@@ -24,11 +24,12 @@ from etl_assets_tests.support import archived_keys, config_for
 pytestmark = pytest.mark.integration
 
 TABLE = "order Détails"
-COLUMNS = ["select", 'we"ird', "back`tick", "semi;colon DROP TABLE x", "ünïcödé ✓"]
+COLUMNS = ["select", 'we"ird', "back`tick", "semi;colon DROP TABLE x", "ünïcödé ✓", "50% off"]
 
 
 def _q(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
+    """A MySQL identifier for driver SQL (PyMySQL formats even parameterless statements: % doubled)."""
+    return "`" + name.replace("`", "``").replace("%", "%%") + "`"
 
 
 @pytest.fixture
@@ -41,7 +42,9 @@ def hostile(mysql_url: str) -> str:
             f"KEY `ix` (`updated_at`)) DEFAULT CHARSET=utf8mb4"
         )
         for i in range(1, 101):
-            values = ", ".join(f"'{c[:3]}-{i}'" if "'" not in c else "NULL" for c in COLUMNS)
+            values = ", ".join(f"'{c[:3]}-{i}'" if "'" not in c else "NULL" for c in COLUMNS).replace(
+                "%", "%%"
+            )
             conn.exec_driver_sql(
                 f"INSERT INTO {_q(TABLE)} VALUES ({i}, {values}, '2023-01-{1 + i % 28:02d} 10:00:00')"
             )

@@ -716,11 +716,13 @@ class SourceClient:
         """
         started = time.monotonic()
         keys = list(expected)
+        # The PyMySQL dialect's quoting already doubles a % in a name (the driver formats the statement
+        # with %s placeholders, and does so even without parameters); doubling it again broke the
+        # purge of any table or column whose name holds a % (test_purge_statement.py).
         quote = self.engine.dialect.identifier_preparer.quote
-        # The driver uses %s placeholders (pyformat), so a literal % in a quoted name is doubled.
-        table = quote(source.name).replace("%", "%%")
-        key_columns = [quote(c).replace("%", "%%") for c in primary_key]
-        time_sql = quote(time_column).replace("%", "%%")
+        table = quote(source.name)
+        key_columns = [quote(c) for c in primary_key]
+        time_sql = quote(time_column)
         one_row = "(" + ", ".join(["%s"] * (len(key_columns) + 1)) + ")"
         delete_sql = (
             f"DELETE FROM {table} WHERE ({', '.join(key_columns)}, {time_sql}) IN "

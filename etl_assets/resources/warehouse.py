@@ -218,8 +218,21 @@ class WarehouseClient:
         with self.engine.begin() as conn:
             # COPY needs the driver's own connection; it is the same session, so the same transaction.
             yield _Transaction(
-                lambda text: conn.exec_driver_sql(text).rowcount, conn.connection.driver_connection
+                lambda text: conn.exec_driver_sql(self._driver_text(text)).rowcount,
+                conn.connection.driver_connection,
             )
+
+    def _driver_text(self, text: str) -> str:
+        """`text` as the driver must receive it: psycopg and redshift_connector format every statement
+        with %s placeholders, even one sent without parameters, so a % in a quoted column name
+        (`"50% off"`) is doubled to stay a %."""
+        assert self.engine is not None
+        return text.replace("%", "%%") if self.engine.dialect.paramstyle in ("format", "pyformat") else text
+
+    def _param_identifier(self, name: str) -> str:
+        """A quoted identifier for a statement that also carries %s placeholders (see `_driver_text`)."""
+        quoted = sql.quote_identifier(name, self.dialect)
+        return self._driver_text(quoted) if self.engine is not None else quoted
 
     def _duckdb(self) -> Any:
         import duckdb
@@ -334,7 +347,7 @@ class WarehouseClient:
         if not keys:
             return set()
         target = sql.qualified(self.schema, table, self.dialect)
-        cols = ", ".join(sql.quote_identifier(c, self.dialect) for c in primary_key)
+        cols = ", ".join(self._param_identifier(c) for c in primary_key)
         placeholder = self._param()
         if len(primary_key) == 1:
             marks = ", ".join(placeholder for _ in keys)
@@ -342,11 +355,7 @@ class WarehouseClient:
             params: list[Any] = [_bindable(k[0]) for k in keys]
         else:
             one = (
-                "("
-                + " AND ".join(
-                    f"{sql.quote_identifier(c, self.dialect)} = {placeholder}" for c in primary_key
-                )
-                + ")"
+                "(" + " AND ".join(f"{self._param_identifier(c)} = {placeholder}" for c in primary_key) + ")"
             )
             where = " OR ".join(one for _ in keys)
             params = [_bindable(v) for k in keys for v in k]
