@@ -4,7 +4,9 @@ Dagster resolves and snapshots every job when a code location loads, so a job pe
 200-table config take ~10 s to load (`make bench`, graph_200_tables). Tables whose archive (or
 replica) assets have the same partitions definition share one job instead, and schedules and the
 sensor pick the table with the run request's `asset_selection`: a run still materializes one table's
-asset, and carries its `etl_assets/table` tag for alerts and filtering.
+asset, and carries its `etl_assets/table` tag, which the per-table run limit in `dagster.yaml` and the
+UI's run filters key on. A run launched by hand from a shared job has no such tag; two runs of one
+table still never interleave, because each takes the table's lock in the source database.
 
 Names say the partitioning: `archive_since_2021_01_keep_12m` holds the tables archived monthly from
 January 2021 with a 12-month retention; `replica_daily_since_2024_01_01` the tables replicated by day
@@ -100,7 +102,7 @@ def build_table_jobs(*, config: ProjectConfig) -> TableJobs:
 
 
 def table_run_tags(table: TableConfig) -> dict[str, str]:
-    """Tags every run of one table carries (alerts name the table from them)."""
+    """Tags every scheduled or sensor-started run of one table carries (per-table run limit, filters)."""
     return {"etl_assets/table": table.asset_name}
 
 
