@@ -15,6 +15,7 @@ from that date.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -30,13 +31,12 @@ from etl_assets.assets.naming import (
 from etl_assets.config import ProjectConfig, TableConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class JobGroup:
-    """One job and the tables whose asset it runs (each run selects one of them)."""
+    """A shared job and the partitions of every asset it runs (each run selects one table's)."""
 
     job: UnresolvedAssetJobDefinition
     partitions: dg.TimeWindowPartitionsDefinition
-    tables: list[TableConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -46,12 +46,12 @@ class TableJobs:
     archive: dict[str, JobGroup] = field(default_factory=dict)
     replica: dict[str, JobGroup] = field(default_factory=dict)
 
-    def jobs(self) -> list[UnresolvedAssetJobDefinition]:
-        """Every distinct job, archive jobs first, each once."""
-        seen: dict[str, UnresolvedAssetJobDefinition] = {}
-        for group in [*self.archive.values(), *self.replica.values()]:
-            seen.setdefault(group.job.name, group.job)
-        return list(seen.values())
+    def jobs(self, *, replica_only: bool = False) -> list[UnresolvedAssetJobDefinition]:
+        """Every distinct job, archive jobs first, each once (only the replica jobs if asked)."""
+        groups = (
+            [*self.replica.values()] if replica_only else [*self.archive.values(), *self.replica.values()]
+        )
+        return list({group.job.name: group.job for group in groups}.values())
 
 
 def _archive_job_name(table: TableConfig, partitions: dg.TimeWindowPartitionsDefinition) -> str:
@@ -68,37 +68,55 @@ def _replica_job_name(table: TableConfig, partitions: dg.TimeWindowPartitionsDef
 
 def build_table_jobs(*, config: ProjectConfig) -> TableJobs:
     """Group the tables by partitioning and define one asset job per group."""
-    archive: dict[str, tuple[dg.TimeWindowPartitionsDefinition, list[TableConfig]]] = {}
-    replica: dict[str, tuple[dg.TimeWindowPartitionsDefinition, list[TableConfig]]] = {}
-    for table in config.tables:
-        if table.archive is not None:
-            partitions = archive_partitions(config, table)
-            archive.setdefault(_archive_job_name(table, partitions), (partitions, []))[1].append(table)
-        if table.replica is not None:
-            partitions = replica_partitions(config, table)
-            replica.setdefault(_replica_job_name(table, partitions), (partitions, []))[1].append(table)
-    result = TableJobs()
-    for name, (partitions, tables) in archive.items():
-        job = dg.define_asset_job(
-            name,
-            selection=dg.AssetSelection.assets(*(archive_key(t) for t in tables)),
-            description=(
+    archived = [t for t in config.tables if t.archive is not None]
+    replicated = [t for t in config.tables if t.replica is not None]
+    return TableJobs(
+        archive=_shared_jobs(
+            archived,
+            partitions_of=lambda t: archive_partitions(config, t),
+            name_of=_archive_job_name,
+            key_of=archive_key,
+            describe=lambda tables: (
                 f"Archive months of {_listed(tables)} ({tables[0].archive.retention if tables[0].archive else ''} "
                 "retention). Schedules run one table per run; launching the job by hand archives every "
                 "selected table of the chosen months."
             ),
-        )
-        for table in tables:
-            result.archive[table.name] = JobGroup(job, partitions, tables)
-    for name, (partitions, tables) in replica.items():
+        ),
+        replica=_shared_jobs(
+            replicated,
+            partitions_of=lambda t: replica_partitions(config, t),
+            name_of=_replica_job_name,
+            key_of=replica_key,
+            describe=lambda tables: (
+                f"Load new rows of {_listed(tables)} into the replica; the sensor runs one table per run."
+            ),
+        ),
+    )
+
+
+def _shared_jobs(
+    tables: list[TableConfig],
+    *,
+    partitions_of: Callable[[TableConfig], dg.TimeWindowPartitionsDefinition],
+    name_of: Callable[[TableConfig, dg.TimeWindowPartitionsDefinition], str],
+    key_of: Callable[[TableConfig], dg.AssetKey],
+    describe: Callable[[list[TableConfig]], str],
+) -> dict[str, JobGroup]:
+    """Table name -> its group's job, one asset job per job name (the name says the partitioning)."""
+    grouped: dict[str, tuple[dg.TimeWindowPartitionsDefinition, list[TableConfig]]] = {}
+    for table in tables:
+        partitions = partitions_of(table)
+        grouped.setdefault(name_of(table, partitions), (partitions, []))[1].append(table)
+    by_table: dict[str, JobGroup] = {}
+    for name, (partitions, members) in grouped.items():
         job = dg.define_asset_job(
             name,
-            selection=dg.AssetSelection.assets(*(replica_key(t) for t in tables)),
-            description=f"Load new rows of {_listed(tables)} into the replica; the sensor runs one table per run.",
+            selection=dg.AssetSelection.assets(*(key_of(t) for t in members)),
+            description=describe(members),
         )
-        for table in tables:
-            result.replica[table.name] = JobGroup(job, partitions, tables)
-    return result
+        for table in members:
+            by_table[table.name] = JobGroup(job, partitions)
+    return by_table
 
 
 def table_run_tags(table: TableConfig) -> dict[str, str]:

@@ -83,7 +83,7 @@ def build_new_rows_sensor(*, config: ProjectConfig, jobs: TableJobs) -> dg.Senso
         name=SENSOR_NAME,
         minimum_interval_seconds=60,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        jobs=list({g.job.name: g.job for g in groups.values()}.values()),
+        jobs=jobs.jobs(replica_only=True),
         description=(
             "Polls MAX(time column) of every replicated table in one indexed query and loads the partitions "
             "that gained rows."
