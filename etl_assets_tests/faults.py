@@ -43,7 +43,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 FaultKind = Literal["slowdown", "unavailable", "internal", "reset", "truncate", "slow", "short_body"]
 
@@ -196,6 +196,15 @@ class FaultProxy:
                 for s in self._seen
                 if (not method or s.method == method) and key in s.path and query in s.query
             ]
+
+    def part_numbers(self, key: str) -> set[int]:
+        """The multipart part numbers uploaded (`PUT ...?partNumber=N`) to paths containing `key`."""
+        return {
+            int(value)
+            for seen in self.seen("PUT", key, "partNumber=")
+            for name, value in parse_qsl(seen.query)
+            if name == "partNumber"
+        }
 
     def _fault_for(self, method: str, path: str, query: str) -> Rule | None:
         with self._lock:

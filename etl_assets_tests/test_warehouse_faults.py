@@ -27,6 +27,7 @@ import re
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -277,6 +278,31 @@ def staging_store(endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch, *
     return open_store(f"s3://{bucket}/staging", region="us-east-1", **sizes)
 
 
+@dataclass
+class RedshiftRig:
+    """The Redshift load path on the test PostgreSQL schema, staging in the test bucket."""
+
+    bucket: str
+    pg_url: str
+    schema: str
+    monkeypatch: pytest.MonkeyPatch
+    reader: Any  # a boto3 S3 client on the real endpoint: what COPY reads, what the test inspects
+
+    def warehouse(self, endpoint: str, **sizes: int) -> RedshiftOnPostgres:
+        """A warehouse whose staging uploads go to `endpoint` (the real one, or the fault proxy)."""
+        return RedshiftOnPostgres(url=self.pg_url, schema=self.schema, reader=self.reader,
+                                  staging_url=f"s3://{self.bucket}/staging",
+                                  staging=staging_store(endpoint, self.bucket, self.monkeypatch, **sizes))  # fmt: skip
+
+
+@pytest.fixture
+def redshift(
+    s3_endpoint: str, s3_bucket: str, pg_server_url: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> RedshiftRig:
+    reader = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
+    return RedshiftRig(s3_bucket, pg_server_url, pg_schema, monkeypatch, reader)
+
+
 STAGED = "/staging/stage_orders/"
 FAULTS = {
     "500-on-second-part-persistent": (Rule(method="PUT", key="part-00001.parquet", kind="internal", times=None), False),
@@ -290,26 +316,24 @@ FAULTS = {
 def test_s3_faults_on_redshift_staging_fail_before_the_target_or_complete(
     fault: str,
     proxy: FaultProxy,
+    redshift: RedshiftRig,
     s3_endpoint: str,
-    s3_bucket: str,
     mysql_url: str,
-    pg_server_url: str,
-    pg_schema: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     reliability: Reliability,
 ) -> None:
     reliability.category = "S3 faults (replica staging)"
     template, completes = FAULTS[fault]
     rule = Rule(method=template.method, key=template.key, kind=template.kind, times=template.times)
-    reader = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
-    staging_url = f"s3://{s3_bucket}/staging"
+    pg_server_url, pg_schema, s3_bucket, reader = (
+        redshift.pg_url,
+        redshift.schema,
+        redshift.bucket,
+        redshift.reader,
+    )
+    warehouse = redshift.warehouse
     seed_orders(mysql_url)
     table = table_config(mysql_url, pg_server_url, pg_schema, tmp_path)
-
-    def warehouse(endpoint: str) -> RedshiftOnPostgres:
-        return RedshiftOnPostgres(url=pg_server_url, schema=pg_schema, reader=reader, staging_url=staging_url,
-                                  staging=staging_store(endpoint, s3_bucket, monkeypatch))  # fmt: skip
 
     first = warehouse(s3_endpoint)
     run_load(mysql_url, first, table, "run-1")
@@ -387,26 +411,26 @@ def scan_digests(url: str, table: str) -> list[tuple[Any, ...]]:
 def test_faults_on_a_multipart_staging_upload_fail_before_the_target_or_complete(
     fault: str,
     proxy: FaultProxy,
+    redshift: RedshiftRig,
     s3_endpoint: str,
-    s3_bucket: str,
     mysql_url: str,
-    pg_server_url: str,
-    pg_schema: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     reliability: Reliability,
 ) -> None:
     reliability.category = "S3 faults (replica staging)"
     template, error = MULTIPART_FAULTS[fault]
-    reader = boto3.client("s3", region_name="us-east-1", endpoint_url=s3_endpoint)
-    staging_url = f"s3://{s3_bucket}/staging"
+    pg_server_url, pg_schema, s3_bucket, reader = (
+        redshift.pg_url,
+        redshift.schema,
+        redshift.bucket,
+        redshift.reader,
+    )
     seed_orders(mysql_url)
     add_scans(mysql_url)
     table = table_config(mysql_url, pg_server_url, pg_schema, tmp_path, chunk_rows=1000)
 
     def warehouse(endpoint: str) -> RedshiftOnPostgres:
-        return RedshiftOnPostgres(url=pg_server_url, schema=pg_schema, reader=reader, staging_url=staging_url,
-                                  staging=staging_store(endpoint, s3_bucket, monkeypatch, **MULTIPART))  # fmt: skip
+        return redshift.warehouse(endpoint, **MULTIPART)
 
     run_load(mysql_url, warehouse(s3_endpoint), table, "run-1")
     before = replica_rows(pg_server_url, pg_schema)
@@ -428,10 +452,9 @@ def test_faults_on_a_multipart_staging_upload_fail_before_the_target_or_complete
         assert replica_rows(pg_server_url, pg_schema) == before
         assert ledger_rows(pg_server_url, pg_schema) == 1
         run_load(mysql_url, warehouse(s3_endpoint), table, "run-3")
-    numbers = {
-        s.query.split("partNumber=")[1].split("&")[0] for s in proxy.seen("PUT", FIRST_FILE, "partNumber=")
-    }
-    assert numbers == {"1", "2", "3"}, "the staged file went up as a multipart upload of three parts"
+    assert proxy.part_numbers(FIRST_FILE) == {1, 2, 3}, (
+        "the staged file went up as a multipart upload of three parts"
+    )
     assert reader.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == [], "no upload left open"
     assert reader.list_objects_v2(Bucket=s3_bucket, Prefix="staging/").get("Contents", []) == [], (
         "staged files are removed after the load, failed or not"
