@@ -1336,12 +1336,8 @@ class Bench:
             f"  - name: {FRESH_TABLE}\n    primary_key: [id]\n"
             f"    replica: {{start: {now.date() - timedelta(days=1):%Y-%m-%d}}}\n"
         )
-        env = self.env.child_env(
-            ETL_ASSETS_CONFIG=str(config),
-            DAGSTER_HOME=str(home),
-            DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS="1",
-            DAGSTER_EVENT_BATCH_SIZE="1000",
-        )
+        # child_env already sets the two Dagster event settings `make dev` sets.
+        env = self.env.child_env(ETL_ASSETS_CONFIG=str(config), DAGSTER_HOME=str(home))
         env.pop("BENCH_DAGSTER_STORAGE_URL", None)  # the dev instance is dagster.yaml's, as in `make dev`
         return env
 
