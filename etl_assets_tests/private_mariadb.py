@@ -26,7 +26,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from etl_assets_tests.support import free_port
 
 USER = "etl"
 PASSWORD = "private-mariadb-pass"  # test-only, for the servers of this module
@@ -46,13 +47,6 @@ _STOP_TIMEOUT = 30.0
 
 class ServerError(RuntimeError):
     """A private server did not start or stop; the message has the tail of its error log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _binary(*names: str) -> str:

@@ -20,12 +20,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Literal
+
+from etl_assets_tests.support import free_port
 
 StopMode = Literal["smart", "fast", "immediate"]
 
@@ -41,18 +42,12 @@ def _bin_dir() -> Path:
     raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class PrivatePostgres:
     """One throwaway PostgreSQL cluster on 127.0.0.1 that a test may stop, start and crash."""
 
     def __init__(self, *, run_as: str = "postgres") -> None:
         self.bin = _bin_dir()
-        self.port = _free_port()
+        self.port = free_port()
         self.user: str | None = run_as if os.geteuid() == 0 else None
         self.root = Path(tempfile.mkdtemp(prefix="etl-private-pg-"))
         self.data = self.root / "data"

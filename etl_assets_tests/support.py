@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import random
+import socket
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -155,3 +156,10 @@ def committed(store: ObjectStore, table: str = "visits") -> list[Manifest]:
 def utc_now() -> datetime:
     """The real clock, UTC."""
     return datetime.now(UTC)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])

@@ -21,8 +21,8 @@ from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient, SourceDatabase, SourceError
 from etl_assets.resources.store import ObjectStore, open_store
 from etl_assets_tests.conftest import unique
-from etl_assets_tests.private_mariadb import PASSWORD, PrivateMariaDB, ServerFarm, free_port, replicate
-from etl_assets_tests.support import archived_keys, seed_visits, source_keys
+from etl_assets_tests.private_mariadb import PASSWORD, PrivateMariaDB, ServerFarm, replicate
+from etl_assets_tests.support import archived_keys, free_port, seed_visits, source_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
