@@ -82,26 +82,57 @@ def test_auto_falls_back_to_pymysql_when_the_url_needs_it_and_arrow_refuses(mysq
 
 
 @pytest.mark.integration
-def test_arrow_reader_reads_in_bounded_slices(mysql_url: str) -> None:
+@pytest.mark.parametrize(("key_step", "by_key"), [(1, True), (2, True), (4, False)])
+def test_arrow_reader_reads_in_bounded_slices(
+    mysql_url: str, key_step: int, by_key: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys spread up to 3x the window's rows are read in key ranges, sparser keys in time slices."""
     seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=2000)
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE visits SET id = id * :step ORDER BY id DESC"), {"step": key_step})
+        # rows outside the window, inside its key range: the key-range reads must skip them
+        conn.execute(sa.text("UPDATE visits SET updated_at = '2023-02-10' WHERE id % 7 = 0"))
+        in_window = conn.execute(
+            sa.text("SELECT COUNT(*) FROM visits WHERE updated_at < '2023-02-01'")
+        ).scalar_one()
+    engine.dispose()
+    queries: list[str] = []
+    real_read_slice = arrow_reader.read_slice
+
+    def recording_read_slice(url: str, query: str) -> pa.Table:
+        queries.append(query)
+        return real_read_slice(url, query)
+
+    monkeypatch.setattr(arrow_reader, "read_slice", recording_read_slice)
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("visits")
     batches, counter = client.stream_window(
         table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=300
     )
     sizes = [b.num_rows for b in batches]
-    assert sum(sizes) == 2000 and max(sizes) <= 300
-    assert isinstance(counter, arrow_reader.ZeroDateCounter) and counter.slices >= 2000 // 300
+    assert sum(sizes) == in_window and max(sizes) <= 300
+    assert isinstance(counter, arrow_reader.ZeroDateCounter) and counter.slices >= in_window // 300
+    assert len(queries) == counter.slices
+    assert all(("FORCE INDEX (PRIMARY)" in q and "BETWEEN" in q) == by_key for q in queries)
     client.dispose()
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("plan", ["time slices", "key ranges"])
 def test_a_row_updated_between_two_slices_is_never_archived_twice_nor_lost(
-    mysql_url: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+    mysql_url: str, s3_bucket: str, monkeypatch: pytest.MonkeyPatch, plan: str
 ) -> None:
-    """A row read in the first slice and moved into a later one is read twice: it must stay in the source."""
+    """A row read in the first slice and moved later in the window must stay in the source.
+
+    Read by time slices it is read twice (once per slice): both copies are kept back. Read by key
+    ranges it is read once, and the purge finds its time changed and keeps it.
+    """
     seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=1500)
     engine = sa.create_engine(mysql_url)
+    if plan == "time slices":
+        with engine.begin() as conn:  # keys 10 apart: too sparse for key ranges
+            conn.execute(sa.text("UPDATE visits SET id = id * 10 ORDER BY id DESC"))
     with engine.connect() as conn:
         first_id, first_time = conn.execute(
             sa.text("SELECT id, updated_at FROM visits ORDER BY updated_at, id LIMIT 1")
@@ -109,9 +140,11 @@ def test_a_row_updated_between_two_slices_is_never_archived_twice_nor_lost(
     moved_to = datetime(2023, 1, 30, 12, 0, 0)
     real_read_slice = arrow_reader.read_slice
     reads = {"n": 0}
+    queries: list[str] = []
 
     def read_then_move_a_row(url: str, query: str) -> pa.Table:
         result = real_read_slice(url, query)
+        queries.append(query)
         reads["n"] += 1
         if reads["n"] == 1:
             # Another application updates the row after the first slice has read it.
@@ -138,10 +171,15 @@ def test_a_row_updated_between_two_slices_is_never_archived_twice_nor_lost(
     assert len(archived) == len(set(archived)), "no key archived twice"
     assert first_id in remaining and first_id not in archived
     assert remaining | set(archived) == before and remaining.isdisjoint(archived)
-    assert report.rows_kept_changed == 2, "both copies of the row read twice are kept back"
     assert report.rows_committed == 1499 and report.rows_purged == 1499
-    assert committed(store)[0].repeated_key_hashes, "the manifest records the keys read twice"
-    assert any("read twice" in line for line in logs)
+    assert all(("FORCE INDEX (PRIMARY)" in q) == (plan == "key ranges") for q in queries)
+    if plan == "time slices":
+        assert report.rows_kept_changed == 2, "both copies of the row read twice are kept back"
+        assert committed(store)[0].repeated_key_hashes, "the manifest records the keys read twice"
+        assert any("read twice" in line for line in logs)
+    else:
+        assert report.rows_kept_changed == 1, "the row read once is kept: its time changed since"
+        assert not committed(store)[0].repeated_key_hashes
     with engine.connect() as conn:
         current = conn.execute(
             sa.text("SELECT updated_at FROM visits WHERE id = :i"), {"i": first_id}

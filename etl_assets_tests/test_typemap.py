@@ -31,6 +31,7 @@ from etl_assets.lib.typemap import (
     UnsupportedTypeError,
     arrow_schema,
     arrow_type,
+    dictionary_columns,
     redshift_byte_limit,
     warehouse_type,
     warehouse_types,
@@ -594,3 +595,23 @@ def test_postgresql_columns_hold_the_source_extremes(pg: psycopg.Connection[Any]
             value = '"v"::text' if case.column.is_json else '"v"'
             cursor.execute(dynamic(f'SELECT {value} FROM "t{index}" ORDER BY "n"'))
             _round_trip(case, [row[0] for row in cursor.fetchall()])
+
+
+def test_dictionary_encoding_only_for_columns_of_few_values() -> None:
+    schema = pa.schema(
+        [
+            pa.field(name, pa.string(), metadata={b"mysql_type": mysql_type.encode()})
+            for name, mysql_type in [
+                ("id", "bigint(20) unsigned"),
+                ("status", "enum('a','b')"),
+                ("flags", "set('x','y')"),
+                ("is_paid", "tinyint(1)"),
+                ("born", "year(4)"),
+                ("bits", "bit(3)"),
+                ("notes", "varchar(255)"),
+                ("at", "datetime"),
+            ]
+        ]
+        + [pa.field("no_metadata", pa.string())]
+    )
+    assert dictionary_columns(schema) == ["status", "flags", "is_paid", "born", "bits"]

@@ -12,6 +12,7 @@ from etl_assets.lib.windows import (
     add_months,
     archive_cutoff,
     check_archive_eligible,
+    key_slices,
     last_eligible_month_end,
     month_start,
     months_between,
@@ -225,3 +226,12 @@ def test_month_window_of_a_partition_key_is_that_month_half_open() -> None:
     assert window.start == datetime(2024, 2, 1, tzinfo=UTC)
     assert window.end == datetime(2024, 3, 1, tzinfo=UTC)
     assert month_window("2023-12-01").end == datetime(2024, 1, 1, tzinfo=UTC)
+
+
+def test_key_slices_cover_the_range_in_bounded_steps() -> None:
+    assert key_slices(1, 25, 10) == [(1, 10), (11, 20), (21, 25)]
+    assert key_slices(7, 7, 10) == [(7, 7)]
+    top = 2**64 - 1
+    assert key_slices(top - 4, top, 2) == [(top - 4, top - 3), (top - 2, top - 1), (top, top)]
+    with pytest.raises(ValueError, match="width"):
+        key_slices(1, 2, 0)

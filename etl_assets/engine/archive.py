@@ -42,8 +42,9 @@ from etl_assets.config import TableConfig
 from etl_assets.lib.digest import PkDigest, digest_of_hashes, pk_digest, pk_hashes, repeated_hashes
 from etl_assets.lib.layout import PartitionLayout, is_queryable
 from etl_assets.lib.manifest import Manifest, PartInfo
+from etl_assets.lib.purge import key_tuples
 from etl_assets.lib.schema import SourceTable
-from etl_assets.lib.typemap import arrow_schema
+from etl_assets.lib.typemap import arrow_schema, dictionary_columns
 from etl_assets.lib.windows import Window, check_archive_eligible
 from etl_assets.resources.source import (
     LOCK_CONFLICT_CODES,
@@ -142,6 +143,20 @@ class Progress:
         return text + ")"
 
 
+def parquet_options(schema: pa.Schema) -> dict[str, Any]:
+    """How every archive part is written: zstd, statistics, a CRC per page, dictionaries where they pay.
+
+    The page CRCs let every read (verify, purge, commit, restore) notice a damaged page even where
+    the object carries no S3 checksum; dictionaries only for columns of few values (`dictionary_columns`).
+    """
+    return {
+        "compression": "zstd",
+        "write_statistics": True,
+        "write_page_checksum": True,
+        "use_dictionary": dictionary_columns(schema),
+    }
+
+
 def _split_at_part_ends(
     batches: Iterable[pa.RecordBatch], part_rows: int, rows_in_part: Callable[[], int]
 ) -> Iterator[pa.RecordBatch]:
@@ -153,11 +168,6 @@ def _split_at_part_ends(
             piece = batch.slice(offset, room)
             offset += piece.num_rows
             yield piece
-
-
-def _keys_of(table: pa.Table | pa.RecordBatch, primary_key: Sequence[str]) -> list[tuple[Any, ...]]:
-    columns = [table.column(name).to_pylist() for name in primary_key]
-    return list(zip(*columns, strict=True))
 
 
 class ArchiveJob:
@@ -394,7 +404,8 @@ class ArchiveJob:
 
     def _extract(self) -> Manifest | None:
         started = time.monotonic()
-        expected = self.source.count_window(self.source_table, self.time_column, self.window)
+        stats = self.source.window_stats(self.source_table, self.time_column, self.window)
+        expected = stats.rows
         if expected == 0:
             return None
         self.log(f"extracting ~{expected:,} rows of '{self.table.name}' in {self.window.label()}")
@@ -404,6 +415,7 @@ class ArchiveJob:
             time_column=self.time_column,
             window=self.window,
             chunk_rows=self.settings.chunk_rows,
+            stats=stats,
         )
         progress = Progress(self.log, "extracted", expected)
         parts: list[PartInfo] = []
@@ -436,9 +448,7 @@ class ArchiveJob:
             with contextlib.closing(batches):
                 for batch in _split_at_part_ends(batches, self.settings.part_rows, current_part_rows):
                     if writer is None:
-                        writer = pq.ParquetWriter(
-                            path, self.schema, compression="zstd", write_statistics=True
-                        )
+                        writer = pq.ParquetWriter(path, self.schema, **parquet_options(self.schema))
                     writer.write_batch(batch)
                     hashes = pk_hashes([batch.column(n) for n in self.primary_key])
                     seen_hashes.append(hashes)
@@ -483,7 +493,7 @@ class ArchiveJob:
         local = tmp / key.rsplit("/", 1)[-1]
         self.store.download(key, local)
         try:
-            return pq.read_table(local, columns=columns)
+            return pq.read_table(local, columns=columns, page_checksum_verification=True)
         except (pa.ArrowInvalid, OSError) as exc:
             raise ArchiveError(f"part {self.store.url(key)} cannot be read back as Parquet: {exc}") from None
         finally:
@@ -544,47 +554,48 @@ class ArchiveJob:
                 part_kept = self._keep_repeated(manifest, table)
                 if part_kept:
                     table = table.filter(
-                        pa.array([key not in part_kept for key in _keys_of(table, self.primary_key)])
+                        pa.array([key not in part_kept for key in key_tuples(table, self.primary_key)])
                     )
-                keys = _keys_of(table, self.primary_key)
-                times = table.column(self.time_column).to_pylist()
-                for start in range(0, len(keys), self.settings.batch_size):
-                    batch_keys = keys[start : start + self.settings.batch_size]
+                # In key order each batch is one short key range, which the delete can scan instead of
+                # looking every row up (lib/purge.py); the batches still hold only this part's keys.
+                table = table.sort_by([(name, "ascending") for name in self.primary_key])
+                for start in range(0, table.num_rows, self.settings.batch_size):
+                    batch = table.slice(start, self.settings.batch_size)
                     if stopped or (deadline is not None and time.monotonic() >= deadline):
                         if not stopped:
                             self.log(
                                 f"max_run_seconds={self.settings.max_run_seconds:g} reached; the rest stays"
                             )
                         stopped = True
-                        part_kept.update(batch_keys)
-                        self.report.rows_kept_deadline += len(batch_keys)
+                        part_kept.update(key_tuples(batch, self.primary_key))
+                        self.report.rows_kept_deadline += batch.num_rows
                         continue
                     if not throttle(self.source, max_threads_running=self.settings.max_threads_running,
                                     max_replica_lag_seconds=self.settings.max_replica_lag_seconds,
                                     deadline=deadline, log=self.log):  # fmt: skip
                         stopped = True
-                        part_kept.update(batch_keys)
-                        self.report.rows_kept_deadline += len(batch_keys)
+                        part_kept.update(key_tuples(batch, self.primary_key))
+                        self.report.rows_kept_deadline += batch.num_rows
                         continue
-                    eligible = batch_keys
+                    eligible = batch
                     if self.replica_guard is not None:
+                        batch_keys = key_tuples(batch, self.primary_key)
                         in_replica = self.replica_guard.present(batch_keys)
-                        missing = [k for k in batch_keys if k not in in_replica]
+                        present = [k in in_replica for k in batch_keys]
+                        missing = [k for k, hit in zip(batch_keys, present, strict=True) if not hit]
                         if missing:
                             part_kept.update(missing)
                             self.report.rows_kept_not_in_replica += len(missing)
-                        eligible = [k for k in batch_keys if k in in_replica]
-                    if eligible:
-                        wanted = set(eligible)
-                        expected = {k: times[start + i] for i, k in enumerate(batch_keys) if k in wanted}
-                        outcome = self._delete_batch(expected)
+                            eligible = batch.filter(pa.array(present))
+                    if eligible.num_rows:
+                        outcome = self._delete_batch(eligible)
                         self.report.rows_purged += outcome.deleted
                         self.report.rows_kept_changed += len(outcome.changed)
                         self.report.longest_delete_seconds = max(
                             self.report.longest_delete_seconds, outcome.seconds
                         )
                         part_kept.update(outcome.changed)
-                    progress.add(len(batch_keys))
+                    progress.add(batch.num_rows)
                     if self.settings.pause_seconds:
                         time.sleep(self.settings.pause_seconds)
                 kept[part.key] = part_kept
@@ -603,11 +614,11 @@ class ArchiveJob:
             return set()
         hashes = pk_hashes([table.column(n) for n in self.primary_key])
         repeated = np.isin(hashes, np.array(manifest.repeated_key_hashes, dtype=np.uint64))
-        keys = {key for key, hit in zip(_keys_of(table, self.primary_key), repeated, strict=True) if hit}
+        keys = {key for key, hit in zip(key_tuples(table, self.primary_key), repeated, strict=True) if hit}
         self.report.rows_kept_changed += int(repeated.sum())
         return keys
 
-    def _delete_batch(self, expected: dict[tuple[Any, ...], Any]) -> PurgeOutcome:
+    def _delete_batch(self, rows: pa.Table) -> PurgeOutcome:
         """Delete one batch (`SourceClient.delete_unchanged`), only while this run holds the table lock.
 
         A lock wait timeout or deadlock means another transaction holds some of these rows; InnoDB
@@ -627,7 +638,7 @@ class ArchiveJob:
                     self.source_table,
                     primary_key=self.primary_key,
                     time_column=self.time_column,
-                    expected=expected,
+                    rows=rows,
                 )
             except sa_exc.DBAPIError as exc:
                 what = LOCK_CONFLICT_CODES.get(mysql_error_code(exc) or 0)
@@ -636,13 +647,13 @@ class ArchiveJob:
                 if attempt >= _LOCK_CONFLICT_ATTEMPTS:
                     raise ArchiveError(
                         f"table '{self.table.name}' partition {self.partition_key}: a delete batch of "
-                        f"{len(expected):,} rows failed {attempt} times with {what}: another transaction keeps "
+                        f"{rows.num_rows:,} rows failed {attempt} times with {what}: another transaction keeps "
                         "some of these rows locked (see information_schema.INNODB_TRX). Each attempt was rolled "
                         "back. Nothing was lost: rows deleted before it are in verified staging parts, which the "
                         "next run commits. Re-run the partition once that transaction has ended"
                     ) from None
                 self.log(
-                    f"a delete batch of {len(expected):,} rows hit {what}: another transaction holds some of "
+                    f"a delete batch of {rows.num_rows:,} rows hit {what}: another transaction holds some of "
                     f"them. The batch was rolled back; retrying ({attempt}/{_LOCK_CONFLICT_ATTEMPTS - 1})"
                 )
                 time.sleep(attempt)  # back off 1 s, 2 s: give the other transaction time to end
@@ -705,14 +716,14 @@ class ArchiveJob:
     ) -> PartInfo | None:
         local = tmp / "source.parquet"
         self.store.download(part.key, local)
-        table = pq.read_table(local)
+        table = pq.read_table(local, page_checksum_verification=True)
         self._check_part(part, table)
-        mask = [key not in keep for key in _keys_of(table, self.primary_key)]
+        mask = [key not in keep for key in key_tuples(table, self.primary_key)]
         filtered = table.filter(pa.array(mask, type=pa.bool_()))
         if filtered.num_rows == 0:
             return None
         out = tmp / "filtered.parquet"
-        pq.write_table(filtered, out, compression="zstd")
+        pq.write_table(filtered, out, **parquet_options(filtered.schema))
         digest = pk_digest([filtered.column(n) for n in self.primary_key])
         stored = self.store.put_file(final_key, out, lock=True)
         check = self._read_part(final_key, self.primary_key, tmp)
@@ -888,7 +899,7 @@ def restore_partition(
                 local = Path(tmp) / f"{len(tables)}.parquet"
                 try:
                     store.download(part.key, local)
-                    data = pq.read_table(local)
+                    data = pq.read_table(local, page_checksum_verification=True)
                 except StoreError as exc:
                     raise ArchiveError(
                         f"part {store.url(part.key)} cannot be read: {exc}; nothing was restored"

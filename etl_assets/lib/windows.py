@@ -162,6 +162,16 @@ def month_window(partition_key: str) -> Window:
     return Window(start, add_months(start, 1))
 
 
+def key_slices(lowest: int, highest: int, width: int) -> list[tuple[int, int]]:
+    """Consecutive inclusive integer ranges of at most `width` values covering `lowest..highest`.
+
+    Example: `key_slices(1, 25, 10)` is `[(1, 10), (11, 20), (21, 25)]`.
+    """
+    if width < 1:
+        raise ValueError("width must be at least 1")
+    return [(low, min(low + width - 1, highest)) for low in range(lowest, highest + 1, width)]
+
+
 def pack_slices(
     window: Window, hour_counts: list[tuple[datetime, int]], max_rows: int
 ) -> list[tuple[Window, int]]:

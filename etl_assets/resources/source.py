@@ -30,8 +30,9 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 
 from etl_assets.config import ReaderChoice, resolve_setting
 from etl_assets.lib.convert import RowsToArrow, converter_for
+from etl_assets.lib.purge import EPOCH_MICROSECONDS_SQL, key_range_batch, key_tuples
 from etl_assets.lib.schema import SourceColumn, SourceTable
-from etl_assets.lib.windows import Window, pack_slices
+from etl_assets.lib.windows import Window, key_slices, pack_slices
 from etl_assets.resources.arrow_reader import (
     ArrowReaderUnavailable,
     ZeroDateCounter,
@@ -39,6 +40,15 @@ from etl_assets.resources.arrow_reader import (
     select_expressions,
     stream_slices,
 )
+
+_INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
+
+KEY_RANGE_SPAN_FACTOR = 3
+"""The archive reads a window by key ranges when its keys span at most this many times its rows.
+
+Past it, the scans would read more rows outside the window than the per-row lookups of the time
+index cost (a clustered range scan reads rows ~2-4x cheaper than a lookup each, `make bench`).
+"""
 
 ZeroDateCounts = RowsToArrow | ZeroDateCounter
 """What a read reports besides its rows: zero dates nulled per column (`invalid_by_column`)."""
@@ -78,6 +88,15 @@ class TableSize:
     def total_bytes(self) -> int:
         """Data plus indexes."""
         return self.data_bytes + self.index_bytes
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """Rows in a window and, for a one-column integer key, the key range they fall in."""
+
+    rows: int
+    lowest_key: int | None = None
+    highest_key: int | None = None
 
 
 @dataclass
@@ -345,6 +364,24 @@ class SourceClient:
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar_one())
 
+    def window_stats(self, source: SourceTable, time_column: str, window: Window) -> WindowStats:
+        """Rows in `window` and, for a one-column integer key, their lowest and highest key.
+
+        One index-only pass over the window on the time column's index, which carries the primary
+        key; the archive plans its reads from it (`stream_window`).
+        """
+        table = self._table(source.name, [time_column, *source.primary_key[:1]])
+        window_filter = self._window_filter(table, source, time_column, window)
+        if not _integer_key(source):
+            return WindowStats(rows=self.count_window(source, time_column, window))
+        key = table.c[source.primary_key[0]]
+        stats = sa.select(sa.func.count(), sa.func.min(key), sa.func.max(key)).where(window_filter)
+        with self.engine.connect() as conn:
+            count, lowest, highest = conn.execute(stats).one()
+        if not count:
+            return WindowStats(rows=0)
+        return WindowStats(rows=int(count), lowest_key=int(lowest), highest_key=int(highest))
+
     def count_null_time(self, source: SourceTable, time_column: str) -> int:
         """Rows whose time column is NULL: never archived, always reported."""
         table = self._table(source.name, [time_column])
@@ -430,8 +467,11 @@ class SourceClient:
         time_column: str,
         window: Window,
         chunk_rows: int,
+        stats: WindowStats | None = None,
     ) -> tuple[Generator[pa.RecordBatch, None, None], ZeroDateCounts]:
         """Rows of `window` as Arrow batches of at most `chunk_rows`.
+
+        `stats` (from `window_stats`, if the caller has them already) saves the reader's own pass.
 
         On MySQL the fast reader (connectorx) reads the window in time slices of at most `chunk_rows`
         rows; otherwise (SQLite, `source.reader: pymysql`, URL options connectorx cannot honour) one
@@ -442,7 +482,7 @@ class SourceClient:
         table = self._table(source.name, source.column_names)
         fast_url = self._fast_reader_url()
         if fast_url is not None:
-            queries = self._slice_queries(source, table, time_column, window, chunk_rows)
+            queries = self._slice_queries(source, table, time_column, window, chunk_rows, stats)
             counter = ZeroDateCounter()
             return stream_slices(fast_url, queries, source.columns, schema, counter, chunk_rows), counter
         return self._stream(
@@ -467,36 +507,57 @@ class SourceClient:
         return url
 
     def _slice_queries(
-        self, source: SourceTable, table: sa.Table, time_column: str, window: Window, chunk_rows: int
+        self,
+        source: SourceTable,
+        table: sa.Table,
+        time_column: str,
+        window: Window,
+        chunk_rows: int,
+        stats: WindowStats | None,
     ) -> Iterator[str]:
-        """One SELECT per time slice of at most `chunk_rows` rows, as literal SQL for connectorx.
+        """One SELECT per slice of the window of at most `chunk_rows` rows, as literal SQL for connectorx.
 
-        The slices come from an index-only count per hour of the window, counted now; each SELECT is
-        rendered only when the reader gets to it, so a long window holds its slice bounds, not its SQL.
-        Only our own window bounds are rendered as literals; identifiers are quoted by SQLAlchemy's
-        MySQL dialect.
+        Two plans, both reading every row of the window exactly once:
+
+        - Key ranges, when the key is one integer column and the window's rows are packed into a key
+          range at most `KEY_RANGE_SPAN_FACTOR` times their count (an auto-increment table archived by
+          month). Each slice is `chunk_rows` consecutive key values, read as a range scan of the
+          clustered index filtered by the window: sequential reads instead of one primary-key lookup
+          per row from the time index. `make bench`, 12 months of 42k rows: 2.2x the rows/s.
+        - Time slices otherwise: whole hours, packed from an index-only count per hour of the window.
+
+        The plan is made now; each SELECT is rendered only when the reader gets to it, so a long window
+        holds its slice bounds, not its SQL. Only our own bounds are rendered as literals; identifiers
+        are quoted by SQLAlchemy's MySQL dialect.
         """
-        tc = table.c[time_column]
-        hour = sa.func.date_format(tc, "%Y-%m-%d %H:00:00")
-        counts_sql = (
-            sa.select(hour, sa.func.count())
-            .where(self._window_filter(table, source, time_column, window))
-            .group_by(hour)
-        )
-        with self.engine.connect() as conn:
-            counts = [(datetime.fromisoformat(str(h)), int(n)) for h, n in conn.execute(counts_sql)]
         # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
         literal_dialect = mysql_dialect.dialect(paramstyle="qmark")
+        window_filter = self._window_filter(table, source, time_column, window)
+
+        def render(stmt: Any) -> str:
+            return str(stmt.compile(dialect=literal_dialect, compile_kwargs={"literal_binds": True}))
+
+        key_ranges = _key_range_plan(
+            source, stats or self.window_stats(source, time_column, window), chunk_rows
+        )
+        if key_ranges is not None:
+            key = table.c[source.primary_key[0]]
+            by_key = (
+                sa.select(*select_expressions(table, source.columns))
+                .with_hint(table, "FORCE INDEX (PRIMARY)", dialect_name="mysql")
+                .where(window_filter)
+            )
+            return (render(by_key.where(key.between(low, high))) for low, high in key_ranges)
+        tc = table.c[time_column]
+        hour = sa.func.date_format(tc, "%Y-%m-%d %H:00:00")
+        counts_sql = sa.select(hour, sa.func.count()).where(window_filter).group_by(hour)
+        with self.engine.connect() as conn:
+            counts = [(datetime.fromisoformat(str(h)), int(n)) for h, n in conn.execute(counts_sql)]
         base = sa.select(*select_expressions(table, source.columns))
         pieces = [piece for piece, _ in pack_slices(window, counts, chunk_rows)]
         del counts
         return (
-            str(
-                base.where(self._window_filter(table, source, time_column, piece)).compile(
-                    dialect=literal_dialect, compile_kwargs={"literal_binds": True}
-                )
-            )
-            for piece in pieces
+            render(base.where(self._window_filter(table, source, time_column, piece))) for piece in pieces
         )
 
     def stream_all(
@@ -656,9 +717,15 @@ class SourceClient:
         *,
         primary_key: Sequence[str],
         time_column: str,
-        expected: dict[tuple[Any, ...], Any],
+        rows: pa.Table,
     ) -> PurgeOutcome:
-        """Delete the rows in `expected` whose time column still has the archived value; one transaction.
+        """Delete the archived `rows` whose time column still holds the archived value; one transaction.
+
+        Args:
+            source: the source table.
+            primary_key: its key columns.
+            time_column: the column whose archived value a row must still hold to be deleted.
+            rows: the batch as archived: the key columns and the time column, one row per key.
 
         A row updated since it was read keeps its new time value and stays in the source. MySQL does
         it in one statement (`_delete_unchanged_mysql`); SQLite (the demo) reads the rows inside the
@@ -666,11 +733,12 @@ class SourceClient:
         """
         if self.dialect == "mysql":
             return self._delete_unchanged_mysql(
-                source, primary_key=primary_key, time_column=time_column, expected=expected
+                source, primary_key=primary_key, time_column=time_column, rows=rows
             )
         started = time.monotonic()
         table = self._table(source.name, [*primary_key, time_column])
-        keys = list(expected)
+        keys = key_tuples(rows, primary_key)
+        expected = dict(zip(keys, rows.column(time_column).to_pylist(), strict=True))
         convert = converter_for(source.column(time_column))
         select = sa.select(*(table.c[c] for c in primary_key), table.c[time_column]).where(
             self._key_filter(table, primary_key, keys)
@@ -701,21 +769,23 @@ class SourceClient:
         *,
         primary_key: Sequence[str],
         time_column: str,
-        expected: dict[tuple[Any, ...], Any],
+        rows: pa.Table,
     ) -> PurgeOutcome:
-        """`delete_unchanged` on MySQL: one `DELETE ... WHERE (key..., time) IN ((...), ...)` per batch.
+        """`delete_unchanged` on MySQL: one `DELETE` per batch that matches key and time together.
 
         The server matches key and archived time value together, so an updated row simply does not
         match and stays. Only when fewer rows were deleted than asked does a second statement (in
         the same transaction) find which keys are still there: those changed since extraction; the
-        rest were already gone. Against a lock-then-compare SELECT plus a DELETE this halves the
-        server's work per batch and sends no rows back (`make bench`: purge +30 %). MariaDB and
-        MySQL plan the row IN list as point ranges on an index holding both columns (the time
-        column's index carries the primary key). The SQL is driver SQL rendered once per batch:
-        identifiers quoted by the dialect, every value a placeholder.
+        rest were already gone.
+
+        Two forms, same rows deleted. A batch of integer keys in a short range is one scan of that
+        key range keeping only the listed `(key, time)` pairs, compared as integers (`lib/purge.py`
+        explains and measures it). Any other batch is `(key..., time) IN ((...), ...)` with every value
+        a placeholder, which MariaDB and MySQL plan as point ranges on an index holding both columns
+        (the time column's index carries the primary key). Identifiers are quoted by the dialect.
         """
         started = time.monotonic()
-        keys = list(expected)
+        count = rows.num_rows
         # The PyMySQL dialect's quoting already doubles a % in a name (the driver formats the statement
         # with %s placeholders, and does so even without parameters); doubling it again broke the
         # purge of any table or column whose name holds a % (test_purge_statement.py).
@@ -723,29 +793,52 @@ class SourceClient:
         table = quote(source.name)
         key_columns = [quote(c) for c in primary_key]
         time_sql = quote(time_column)
-        one_row = "(" + ", ".join(["%s"] * (len(key_columns) + 1)) + ")"
-        delete_sql = (
-            f"DELETE FROM {table} WHERE ({', '.join(key_columns)}, {time_sql}) IN "
-            f"({', '.join([one_row] * len(keys))})"
+        key_range = (
+            key_range_batch(rows.column(primary_key[0]), rows.column(time_column))
+            if len(primary_key) == 1
+            else None
         )
-        values = tuple(v for key in keys for v in (*key, _naive_utc(expected[key])))
         changed: list[tuple[Any, ...]] = []
         with self.engine.begin() as conn:
-            deleted = int(conn.exec_driver_sql(delete_sql, values).rowcount)
-            if deleted < len(keys):
+            if key_range is not None:
+                key = key_columns[0]
+                # The bounds go as parameters so the driver formats the statement (and un-doubles a %
+                # in a name) exactly as in the other form; the pairs are integers.
+                delete_sql = (
+                    f"DELETE FROM {table} WHERE {key} BETWEEN %s AND %s "
+                    f"AND ({key} + 0, {EPOCH_MICROSECONDS_SQL.format(column=time_sql)}) IN ({key_range.pairs_sql})"
+                )
+                deleted = int(
+                    conn.exec_driver_sql(delete_sql, (key_range.lowest, key_range.highest)).rowcount
+                )
+            else:
+                one_row = "(" + ", ".join(["%s"] * (len(key_columns) + 1)) + ")"
+                delete_sql = (
+                    f"DELETE FROM {table} WHERE ({', '.join(key_columns)}, {time_sql}) IN "
+                    f"({', '.join([one_row] * count)})"
+                )
+                times = rows.column(time_column).to_pylist()
+                values = tuple(
+                    v
+                    for key_values, when in zip(key_tuples(rows, primary_key), times, strict=True)
+                    for v in (*key_values, _naive_utc(when))
+                )
+                deleted = int(conn.exec_driver_sql(delete_sql, values).rowcount)
+            if deleted < count:
+                keys = key_tuples(rows, primary_key)
                 if len(key_columns) == 1:
-                    where = f"{key_columns[0]} IN ({', '.join(['%s'] * len(keys))})"
+                    where = f"{key_columns[0]} IN ({', '.join(['%s'] * count)})"
                 else:
                     one_key = "(" + " AND ".join(f"{c} = %s" for c in key_columns) + ")"
-                    where = " OR ".join([one_key] * len(keys))
+                    where = " OR ".join([one_key] * count)
                 changed = [
                     tuple(row)
                     for row in conn.exec_driver_sql(
                         f"SELECT {', '.join(key_columns)} FROM {table} WHERE {where} FOR UPDATE",
-                        tuple(v for key in keys for v in key),
+                        tuple(v for key_values in keys for v in key_values),
                     )
                 ]
-        return PurgeOutcome(deleted, changed, len(keys) - deleted - len(changed), time.monotonic() - started)
+        return PurgeOutcome(deleted, changed, count - deleted - len(changed), time.monotonic() - started)
 
     def existing_keys(
         self, name: str, primary_key: Sequence[str], keys: Sequence[tuple[Any, ...]]
@@ -781,6 +874,25 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)  # noqa: DTZ001 - DATETIME is naive by design
     return None
+
+
+def _integer_key(source: SourceTable) -> bool:
+    return len(source.primary_key) == 1 and source.column(source.primary_key[0]).data_type in _INTEGER_TYPES
+
+
+def _key_range_plan(source: SourceTable, stats: WindowStats, chunk_rows: int) -> list[tuple[int, int]] | None:
+    """Key ranges of at most `chunk_rows` values covering the window's rows, or None (use time slices).
+
+    A key range holds at most as many rows as key values, so every slice is bounded by `chunk_rows`
+    however the rows fall.
+    """
+    if stats.rows == 0:
+        return []
+    if not _integer_key(source) or stats.lowest_key is None or stats.highest_key is None:
+        return None
+    if stats.highest_key - stats.lowest_key + 1 > KEY_RANGE_SPAN_FACTOR * stats.rows:
+        return None
+    return key_slices(stats.lowest_key, stats.highest_key, chunk_rows)
 
 
 def _naive_utc(value: Any) -> Any:
