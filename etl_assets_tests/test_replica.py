@@ -29,6 +29,7 @@ from etl_assets.engine.replica import OversizePolicy, ReplicaError, ReplicaJob, 
 from etl_assets.lib.schema import SourceColumn, SourceTable
 from etl_assets.lib.sql import qualified
 from etl_assets.lib.windows import Window
+from etl_assets.resources import arrow_reader
 from etl_assets.resources import warehouse as warehouse_module
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient, WarehouseError
@@ -230,6 +231,60 @@ def test_overwrite_updates_changed_rows_inserts_new_ones_and_retries_never_dupli
         retry = rig.job(next_day, run_id=f"retry-{attempt}")
         assert (retry.load.rows_inserted, retry.load.rows_replaced) == (0, 4)
     assert rig.replica_rows() == rig.source_rows()
+
+
+@pytest.mark.parametrize("mode", ["overwrite_existing", "keep_existing"])
+def test_first_copy_into_an_empty_postgresql_table_skips_staging(pg_rig: Rig, mode: str) -> None:
+    pg_rig.orders()
+    pg_rig.insert([{"id": i, "updated_at": at(DAY, i)} for i in range(1, 6)])
+    first = pg_rig.job(DAY, insert_mode=mode)
+    assert first.load.copied_directly and (first.load.rows_inserted, first.load.rows_replaced) == (5, 0)
+    assert pg_rig.replica_rows() == pg_rig.source_rows()
+    ledger = qualified(pg_rig.schema, warehouse_module.LEDGER_TABLE, "postgresql")
+    assert pg_rig.query(f"SELECT rows_loaded FROM {ledger}") == [(5,)]
+    pg_rig.execute("UPDATE orders SET status = 'shipped' WHERE id = 2")
+    second = pg_rig.job(DAY, insert_mode=mode, run_id="run-2")
+    assert not second.load.copied_directly, "a table with rows is merged through staging"
+    if mode == "overwrite_existing":
+        assert pg_rig.replica_rows() == pg_rig.source_rows()
+
+
+def test_a_key_met_twice_in_a_direct_first_copy_loads_again_through_staging(
+    pg_rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row updated while the first copy reads the table comes twice: the newest copy wins, once."""
+    pg_rig.orders()
+    # keys 10 apart are too sparse for key ranges: the window is read in hourly time slices
+    pg_rig.insert([{"id": i * 10, "updated_at": DAY + timedelta(minutes=4 * i)} for i in range(1, 301)])
+    real_read_slice = arrow_reader.read_slice
+    reads = {"n": 0}
+
+    def read_then_move_a_row(url: str, query: str) -> pa.Table:
+        result = real_read_slice(url, query)
+        reads["n"] += 1
+        if reads["n"] == 1:
+            # Another application updates the row the first slice has just read into a later slice.
+            pg_rig.execute(
+                "UPDATE orders SET status = 'late', updated_at = :t WHERE id = 10", {"t": at(DAY, 23)}
+            )
+        return result
+
+    monkeypatch.setattr(arrow_reader, "read_slice", read_then_move_a_row)
+    messages: list[str] = []
+    table = pg_rig.config(chunk_rows=100)
+    source = SourceClient(pg_rig.source_url, reader="arrow")
+    warehouse = WarehouseClient(url=pg_rig.warehouse_url, schema=pg_rig.schema)
+    try:
+        report = ReplicaJob(source=source, warehouse=warehouse, table=table, source_table=source.reflect("orders"),
+                            window=Window(DAY, DAY + ONE_DAY), run_id="run-1", log=messages.append).run()  # fmt: skip
+    finally:
+        source.dispose()
+        warehouse.close()
+    assert any("met a key twice" in m and "through the staging table" in m for m in messages)
+    assert reads["n"] > 3, "read in several slices, twice: once straight into the table, once through staging"
+    assert not report.load.copied_directly and report.load.rows_inserted == 300
+    assert pg_rig.replica_rows() == pg_rig.source_rows()
+    assert [row[1] for row in pg_rig.replica_rows() if row[0] == 10] == ["late"]
 
 
 def test_keep_existing_leaves_existing_rows_untouched(rig: Rig) -> None:

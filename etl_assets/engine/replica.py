@@ -28,7 +28,7 @@ from etl_assets.lib.sql import add_column_sql
 from etl_assets.lib.typemap import arrow_schema, redshift_byte_limit
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient, ZeroDateCounts
-from etl_assets.resources.warehouse import LoadResult, WarehouseClient
+from etl_assets.resources.warehouse import FirstCopyKeyRepeated, LoadResult, WarehouseClient
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
 pc: Any = _compute
@@ -241,43 +241,19 @@ class ReplicaJob:
                 report.message = f"window {self.window.label()} is covered by an earlier append load; a retry appends nothing"
                 report.seconds = time.monotonic() - started
                 return report
-            batches, converter = self._batches(read_window)
-            oversize = OversizePolicy(self.source_table, self.table, self.warehouse.dialect)
-            booleans = list(self.settings.boolean_columns)
-
-            primary_key = list(self.source_table.primary_key)
-            refuse_nul = self.warehouse.dialect == "postgresql"
-
-            def prepared() -> Iterator[pa.RecordBatch]:
-                for batch in batches:
-                    if refuse_nul:
-                        batch = _refuse_nul(batch, primary_key, self.table.name)
-                    yield _boolean_cast(oversize.apply(batch), booleans, self.table.name)
-
             what = "the whole table" if read_window is None else read_window.label()
             self.log(
                 f"loading {what} of '{self.table.name}' into {self.warehouse.schema}.{target} ({self.settings.insert_mode})"
             )
             try:
-                report.load = self.warehouse.load(
-                    table=target,
-                    source_table=self.source_table,
-                    batches=prepared(),
-                    insert_mode=self.settings.insert_mode,
-                    time_column=self.table.time_column
-                    if self.source_table.has_column(self.table.time_column)
-                    else None,
-                    window=(self.window.start, self.window.end),
-                    run_id=self.run_id,
-                    log=self.log,
+                report.load, oversize, converter = self._load(target, read_window, direct_first_copy=True)
+            except FirstCopyKeyRepeated as exc:
+                # Rare: a row updated while the table was read came twice. Nothing was committed; the
+                # staging merge keeps its newest copy, at the price of reading the source again.
+                self.log(
+                    f"{exc}; loading again through the staging table, which keeps the newest row per key"
                 )
-            finally:
-                # A failed load stops reading mid-stream. Close the source cursor now, not whenever the
-                # generator is collected (the exception's traceback keeps it alive), so its connection,
-                # open transaction and table metadata lock are released and DDL on the source is not blocked.
-                close = getattr(batches, "close", None)
-                if close is not None:
-                    close()
+                report.load, oversize, converter = self._load(target, read_window, direct_first_copy=False)
             report.oversize_values = oversize.count
             report.zero_dates_nulled = converter.invalid_dates
         report.seconds = time.monotonic() - started
@@ -287,6 +263,45 @@ class ReplicaJob:
             f"{report.seconds:.2f}s ({report.rows_per_second:,.0f} rows/s); watermark {load.watermark}"
         )
         return report
+
+    def _load(
+        self, target: str, read_window: Window | None, *, direct_first_copy: bool
+    ) -> tuple[LoadResult, OversizePolicy, ZeroDateCounts]:
+        """Read the window from the source and load it (`WarehouseClient.load`)."""
+        batches, converter = self._batches(read_window)
+        oversize = OversizePolicy(self.source_table, self.table, self.warehouse.dialect)
+        booleans = list(self.settings.boolean_columns)
+        primary_key = list(self.source_table.primary_key)
+        refuse_nul = self.warehouse.dialect == "postgresql"
+
+        def prepared() -> Iterator[pa.RecordBatch]:
+            for batch in batches:
+                if refuse_nul:
+                    batch = _refuse_nul(batch, primary_key, self.table.name)
+                yield _boolean_cast(oversize.apply(batch), booleans, self.table.name)
+
+        try:
+            load = self.warehouse.load(
+                table=target,
+                source_table=self.source_table,
+                batches=prepared(),
+                insert_mode=self.settings.insert_mode,
+                time_column=self.table.time_column
+                if self.source_table.has_column(self.table.time_column)
+                else None,
+                window=(self.window.start, self.window.end),
+                run_id=self.run_id,
+                log=self.log,
+                direct_first_copy=direct_first_copy,
+            )
+        finally:
+            # A failed load stops reading mid-stream. Close the source cursor now, not whenever the
+            # generator is collected (the exception's traceback keeps it alive), so its connection,
+            # open transaction and table metadata lock are released and DDL on the source is not blocked.
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
+        return load, oversize, converter
 
     def _add_missing_columns(self, target: str) -> None:
         # Runs only after the drift gate passed: either the contract itself has these columns or the
