@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import urllib.parse
 from collections.abc import Generator, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,16 +175,35 @@ def stream_slices(
     counter: ZeroDateCounter,
     chunk_rows: int,
 ) -> Generator[pa.RecordBatch, None, None]:
-    """Run the slice queries one after the other, yielding archive-schema batches of <= `chunk_rows`."""
+    """Run the slice queries one after the other, yielding archive-schema batches of <= `chunk_rows`.
+
+    The next slice is read in a helper thread while the caller works on the current one (connectorx
+    lets go of the GIL while it reads), so the server sends rows while the caller compresses or
+    loads the ones before: at most two slices are in memory at once.
+    """
     release = PeriodicRelease()
-    for query in queries:
-        table = read_slice(url, query)
-        counter.slices += 1
-        batch = to_archive_batch(table, columns, schema, counter)
-        del table  # the slice's raw result goes before the next one is read
-        for offset in range(0, batch.num_rows, chunk_rows):
-            yield batch.slice(offset, chunk_rows)
-        del batch
-        # connectorx's threads free into their own malloc arenas; without a trim the freed pages stay
-        # mapped and RSS creeps up slice after slice (see memory.py).
-        release()
+    remaining = iter(queries)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-slice-reader")
+
+    def read_next() -> Future[pa.Table] | None:
+        query = next(remaining, None)
+        return None if query is None else pool.submit(read_slice, url, query)
+
+    reading = read_next()
+    try:
+        while reading is not None:
+            table = reading.result()
+            reading = read_next()
+            counter.slices += 1
+            batch = to_archive_batch(table, columns, schema, counter)
+            del table  # the slice's raw result goes before the next one is read
+            for offset in range(0, batch.num_rows, chunk_rows):
+                yield batch.slice(offset, chunk_rows)
+            del batch
+            # connectorx's threads free into their own malloc arenas; without a trim the freed pages stay
+            # mapped and RSS creeps up slice after slice (see memory.py).
+            release()
+    finally:
+        # Abandoned (a failed upload or load) or done: a read in flight finishes in the background and
+        # is dropped; nothing waits for it.
+        pool.shutdown(wait=False, cancel_futures=True)
