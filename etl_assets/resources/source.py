@@ -370,12 +370,13 @@ class SourceClient:
         One index-only pass over the window on the time column's index, which carries the primary
         key; the archive plans its reads from it (`stream_window`).
         """
-        table = self._table(source.name, [time_column, *source.primary_key[:1]])
-        window_filter = self._window_filter(table, source, time_column, window)
         if not _integer_key(source):
             return WindowStats(rows=self.count_window(source, time_column, window))
+        table = self._table(source.name, [time_column, source.primary_key[0]])
         key = table.c[source.primary_key[0]]
-        stats = sa.select(sa.func.count(), sa.func.min(key), sa.func.max(key)).where(window_filter)
+        stats = sa.select(sa.func.count(), sa.func.min(key), sa.func.max(key)).where(
+            self._window_filter(table, source, time_column, window)
+        )
         with self.engine.connect() as conn:
             count, lowest, highest = conn.execute(stats).one()
         if not count:
@@ -537,8 +538,12 @@ class SourceClient:
         def render(stmt: Any) -> str:
             return str(stmt.compile(dialect=literal_dialect, compile_kwargs={"literal_binds": True}))
 
-        key_ranges = _key_range_plan(
-            source, stats or self.window_stats(source, time_column, window), chunk_rows
+        # Only a one-column integer key can be read by key ranges; for any other the time slices'
+        # per-hour count is the one planning pass.
+        key_ranges = (
+            _key_range_plan(source, stats or self.window_stats(source, time_column, window), chunk_rows)
+            if _integer_key(source)
+            else None
         )
         if key_ranges is not None:
             key = table.c[source.primary_key[0]]
@@ -889,7 +894,7 @@ def _key_range_plan(source: SourceTable, stats: WindowStats, chunk_rows: int) ->
     if stats.rows == 0:
         return []
     if not _integer_key(source) or stats.lowest_key is None or stats.highest_key is None:
-        return None
+        return None  # not a one-column integer key: time slices
     if stats.highest_key - stats.lowest_key + 1 > KEY_RANGE_SPAN_FACTOR * stats.rows:
         return None
     return key_slices(stats.lowest_key, stats.highest_key, chunk_rows)
