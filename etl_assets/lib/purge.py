@@ -34,7 +34,7 @@ pc: Any = _compute
 RANGE_SPAN_FACTOR = 3
 """A batch uses the key-range form when its keys span at most this many times its row count.
 
-The range scan reads (and, under REPEATABLE READ, locks for the batch's few milliseconds) every row
+The range scan reads (and, under REPEATABLE READ, locks for the batch's transaction) every row
 between the lowest and highest key, listed or not; past this factor the per-row dives cost less.
 """
 

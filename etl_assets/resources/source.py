@@ -541,7 +541,7 @@ class SourceClient:
         # Only a one-column integer key can be read by key ranges; for any other the time slices'
         # per-hour count is the one planning pass.
         key_ranges = (
-            _key_range_plan(source, stats or self.window_stats(source, time_column, window), chunk_rows)
+            _key_range_plan(stats or self.window_stats(source, time_column, window), chunk_rows)
             if _integer_key(source)
             else None
         )
@@ -885,7 +885,7 @@ def _integer_key(source: SourceTable) -> bool:
     return len(source.primary_key) == 1 and source.column(source.primary_key[0]).data_type in _INTEGER_TYPES
 
 
-def _key_range_plan(source: SourceTable, stats: WindowStats, chunk_rows: int) -> list[tuple[int, int]] | None:
+def _key_range_plan(stats: WindowStats, chunk_rows: int) -> list[tuple[int, int]] | None:
     """Key ranges of at most `chunk_rows` values covering the window's rows, or None (use time slices).
 
     A key range holds at most as many rows as key values, so every slice is bounded by `chunk_rows`
@@ -893,8 +893,8 @@ def _key_range_plan(source: SourceTable, stats: WindowStats, chunk_rows: int) ->
     """
     if stats.rows == 0:
         return []
-    if not _integer_key(source) or stats.lowest_key is None or stats.highest_key is None:
-        return None  # not a one-column integer key: time slices
+    if stats.lowest_key is None or stats.highest_key is None:
+        return None  # stats without a key range (not a one-column integer key): time slices
     if stats.highest_key - stats.lowest_key + 1 > KEY_RANGE_SPAN_FACTOR * stats.rows:
         return None
     return key_slices(stats.lowest_key, stats.highest_key, chunk_rows)

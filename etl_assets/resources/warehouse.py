@@ -471,22 +471,29 @@ class WarehouseClient:
                     self._copy_postgres(tx, target, columns, batches, result, _tracker(result, time_column))
                     result.rows_inserted = result.rows_staged
                     result.copied_directly = True
-                    tx.execute(self._ledger_insert(table, window, run_id, insert_mode, result))
-                    result.seconds = time.monotonic() - started
-                    return result
-                tx.execute(create_stage)
-                self._fill_stage(
-                    tx, table, staging, source_table, batches, result, staged_keys, run_id, time_column, log
-                )
-                counts = [tx.execute(statement) for statement in merge]
-                if len(counts) == 2:
-                    if insert_mode == "truncate":
-                        result.rows_deleted = max(counts[0], 0)
-                    else:
-                        result.rows_replaced = max(counts[0], 0)
-                result.rows_inserted = max(counts[-1], 0) - result.rows_replaced
-                if self.dialect != "postgresql":
-                    tx.execute(sql.drop_staging_sql(staging=staging, dialect=self.dialect))
+                else:
+                    tx.execute(create_stage)
+                    self._fill_stage(
+                        tx,
+                        table,
+                        staging,
+                        source_table,
+                        batches,
+                        result,
+                        staged_keys,
+                        run_id,
+                        time_column,
+                        log,
+                    )
+                    counts = [tx.execute(statement) for statement in merge]
+                    if len(counts) == 2:
+                        if insert_mode == "truncate":
+                            result.rows_deleted = max(counts[0], 0)
+                        else:
+                            result.rows_replaced = max(counts[0], 0)
+                    result.rows_inserted = max(counts[-1], 0) - result.rows_replaced
+                    if self.dialect != "postgresql":
+                        tx.execute(sql.drop_staging_sql(staging=staging, dialect=self.dialect))
                 tx.execute(self._ledger_insert(table, window, run_id, insert_mode, result))
         except (sa_exc.DBAPIError, Exception) as exc:
             if isinstance(exc, WarehouseError):
