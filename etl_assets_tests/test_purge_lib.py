@@ -1,4 +1,4 @@
-"""lib/purge.py: when a delete batch may be one key range, and the numbers its pairs are written as."""
+"""lib/purge.py: when a delete batch is one key range or a key list, and the numbers it is written as."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 
 import pyarrow as pa
 
-from etl_assets.lib.purge import epoch_microseconds, key_range_batch, key_tuples
+from etl_assets.lib.purge import epoch_microseconds, integer_key_batch, key_tuples
 
 STAMP = datetime(2024, 1, 5, 10, 25, 26)
 
@@ -15,9 +15,9 @@ def test_pairs_are_key_and_time_as_integers() -> None:
     keys = pa.array([3, 1, 2], pa.uint64())
     stamp_us = 1704450326 * 1_000_000
     times = pa.array([STAMP, STAMP.replace(microsecond=120000), STAMP.replace(second=0)], pa.timestamp("us"))
-    batch = key_range_batch(keys, times)
+    batch = integer_key_batch(keys, times)
     assert batch is not None
-    assert (batch.lowest, batch.highest) == (1, 3)
+    assert (batch.lowest, batch.highest, batch.keys_sql) == (1, 3, None)
     assert batch.pairs_sql == f"(3,{stamp_us}),(1,{stamp_us + 120000}),(2,{stamp_us - 26_000_000})"
 
 
@@ -38,20 +38,30 @@ def test_epoch_microseconds_of_every_time_type() -> None:
 
 def test_largest_unsigned_key_is_written_whole() -> None:
     top = 2**64 - 1
-    batch = key_range_batch(pa.array([top - 1, top], pa.uint64()), pa.array([STAMP] * 2, pa.timestamp("s")))
+    batch = integer_key_batch(pa.array([top - 1, top], pa.uint64()), pa.array([STAMP] * 2, pa.timestamp("s")))
     assert batch is not None and batch.highest == top
     assert batch.pairs_sql == f"({top - 1},1704450326000000),({top},1704450326000000)"
 
 
-def test_batches_that_must_be_looked_up_row_by_row() -> None:
+def test_sparse_keys_are_listed_for_lookups() -> None:
     times = pa.array([STAMP] * 2, pa.timestamp("us"))
-    assert key_range_batch(pa.array([1, 7]), times) is None  # 7 values for 2 rows: over 3x
-    assert key_range_batch(pa.array([1, 6]), times) is not None  # 6: within 3x
-    assert key_range_batch(pa.array([1, 7]), times, span_factor=4) is not None
-    assert key_range_batch(pa.array(["a", "b"]), times) is None
-    assert key_range_batch(pa.array([1, None]), times) is None
-    assert key_range_batch(pa.array([], pa.int64()), pa.array([], pa.timestamp("us"))) is None
-    assert key_range_batch(pa.array([1, 2]), pa.array(["x", "y"])) is None
+    sparse = integer_key_batch(pa.array([7, 1]), times)  # 7 values for 2 rows: over 3x
+    assert sparse is not None and sparse.keys_sql == "7,1"
+    assert (sparse.lowest, sparse.highest) == (1, 7)
+    assert sparse.pairs_sql == "(7,1704450326000000),(1,1704450326000000)"
+    dense = integer_key_batch(pa.array([1, 6]), times)  # 6: within 3x
+    assert dense is not None and dense.keys_sql is None
+    wider = integer_key_batch(pa.array([1, 7]), times, span_factor=4)
+    assert wider is not None and wider.keys_sql is None
+
+
+def test_batches_that_keep_the_placeholder_form() -> None:
+    times = pa.array([STAMP] * 2, pa.timestamp("us"))
+    assert integer_key_batch(pa.array(["a", "b"]), times) is None
+    assert integer_key_batch(pa.array([1, None]), times) is None
+    assert integer_key_batch(pa.array([], pa.int64()), pa.array([], pa.timestamp("us"))) is None
+    assert integer_key_batch(pa.array([1, 2]), pa.array(["x", "y"])) is None
+    assert integer_key_batch(pa.array([1, 2]), pa.array([STAMP, None], pa.timestamp("us"))) is None
 
 
 def test_key_tuples() -> None:

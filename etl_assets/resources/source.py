@@ -30,7 +30,7 @@ from sqlalchemy.dialects import mysql as mysql_dialect
 
 from etl_assets.config import ReaderChoice, resolve_setting
 from etl_assets.lib.convert import RowsToArrow, converter_for
-from etl_assets.lib.purge import EPOCH_MICROSECONDS_SQL, key_range_batch, key_tuples
+from etl_assets.lib.purge import EPOCH_MICROSECONDS_SQL, integer_key_batch, key_tuples
 from etl_assets.lib.schema import SourceColumn, SourceTable
 from etl_assets.lib.windows import Window, key_slices, pack_slices
 from etl_assets.resources.arrow_reader import (
@@ -783,11 +783,12 @@ class SourceClient:
         the same transaction) find which keys are still there: those changed since extraction; the
         rest were already gone.
 
-        Two forms, same rows deleted. A batch of integer keys in a short range is one scan of that
-        key range keeping only the listed `(key, time)` pairs, compared as integers (`lib/purge.py`
-        explains and measures it). Any other batch is `(key..., time) IN ((...), ...)` with every value
-        a placeholder, which MariaDB and MySQL plan as point ranges on an index holding both columns
-        (the time column's index carries the primary key). Identifiers are quoted by the dialect.
+        Two forms, same rows deleted. A batch of integer keys names its rows by key (one scan of a
+        short key range, or a list of keys to look up when they are sparse) and keeps only the listed
+        `(key, time)` pairs, compared as integers (`lib/purge.py` explains and measures it). Any other
+        batch is `(key..., time) IN ((...), ...)` with every value a placeholder, which MariaDB and
+        MySQL plan as point ranges on an index holding both columns (the time column's index carries
+        the primary key). Identifiers are quoted by the dialect.
         """
         started = time.monotonic()
         count = rows.num_rows
@@ -798,23 +799,24 @@ class SourceClient:
         table = quote(source.name)
         key_columns = [quote(c) for c in primary_key]
         time_sql = quote(time_column)
-        key_range = (
-            key_range_batch(rows.column(primary_key[0]), rows.column(time_column))
+        integer_batch = (
+            integer_key_batch(rows.column(primary_key[0]), rows.column(time_column))
             if len(primary_key) == 1
             else None
         )
         changed: list[tuple[Any, ...]] = []
         with self.engine.begin() as conn:
-            if key_range is not None:
+            if integer_batch is not None:
                 key = key_columns[0]
                 # The bounds go as parameters so the driver formats the statement (and un-doubles a %
-                # in a name) exactly as in the other form; the pairs are integers.
+                # in a name) exactly as in the other form; the keys and pairs are integers.
+                lookups = f"AND {key} IN ({integer_batch.keys_sql}) " if integer_batch.keys_sql else ""
                 delete_sql = (
-                    f"DELETE FROM {table} WHERE {key} BETWEEN %s AND %s "
-                    f"AND ({key} + 0, {EPOCH_MICROSECONDS_SQL.format(column=time_sql)}) IN ({key_range.pairs_sql})"
+                    f"DELETE FROM {table} WHERE {key} BETWEEN %s AND %s {lookups}"
+                    f"AND ({key} + 0, {EPOCH_MICROSECONDS_SQL.format(column=time_sql)}) IN ({integer_batch.pairs_sql})"
                 )
                 deleted = int(
-                    conn.exec_driver_sql(delete_sql, (key_range.lowest, key_range.highest)).rowcount
+                    conn.exec_driver_sql(delete_sql, (integer_batch.lowest, integer_batch.highest)).rowcount
                 )
             else:
                 one_row = "(" + ", ".join(["%s"] * (len(key_columns) + 1)) + ")"
