@@ -4,7 +4,12 @@ Used by the crash tests: the parent reads stdout until it sees `PARKED <point>`,
 process, exactly as a crashed worker or an OOM kill would end it. The hooks live here, in test code;
 the product has none.
 
-    python -m etl_assets_tests.crash_child MYSQL_URL BUCKET POINT
+    python -m etl_assets_tests.crash_child MYSQL_URL BUCKET POINT[@N] [backfill]
+
+`POINT@N` parks at the N-th time the point is reached (default: the point's own count). With
+`backfill`, the child archives December 2022 to February 2023 as one `ArchiveBackfill`, which purges
+each month in a helper thread while the next one is extracted: a point reached in either thread
+parks that thread while the other goes on, until the kill.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from etl_assets.engine.archive import ArchiveJob
+from etl_assets.engine.archive import ArchiveBackfill, ArchiveJob
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
-from etl_assets.resources.store import S3Store, open_store
+from etl_assets.resources.store import ObjectStore, S3Store, open_store
 from etl_assets_tests.support import config_for
 
 TABLES = """
@@ -26,6 +32,41 @@ TABLES = """
     archive: {retention: 1 year, batch_size: 200, part_rows: 1000, chunk_rows: 500, max_threads_running: 500}
 """
 WINDOW = Window(datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 2, 1, tzinfo=UTC))
+BACKFILL_MONTHS = [
+    ("2022-12-01", Window(datetime(2022, 12, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))),
+    ("2023-01-01", WINDOW),
+    ("2023-02-01", Window(datetime(2023, 2, 1, tzinfo=UTC), datetime(2023, 3, 1, tzinfo=UTC))),
+]
+
+
+def month_jobs(
+    client: SourceClient,
+    store: ObjectStore,
+    months: list[tuple[str, Window]],
+    *,
+    log: Callable[[str], None] = lambda message: None,
+    tables: str = TABLES,
+) -> list[ArchiveJob]:
+    """One `ArchiveJob` per month of `visits`, all of one run (the archive URL is the store's)."""
+    config = config_for(
+        source_url="mysql+pymysql://unused/db", archive_url="s3://unused/archive", tables=tables
+    )
+    source_table = client.reflect("visits")
+    run_id = uuid.uuid4().hex
+    return [
+        ArchiveJob(
+            source=client,
+            store=store,
+            table=config.tables[0],
+            source_table=source_table,
+            partition_key=key,
+            window=window,
+            run_id=run_id,
+            now=datetime.now(UTC),
+            log=log,
+        )
+        for key, window in months
+    ]
 
 
 def park(point: str) -> None:
@@ -35,6 +76,8 @@ def park(point: str) -> None:
 
 def main() -> None:
     url, bucket, point = sys.argv[1:4]
+    backfill = sys.argv[4:5] == ["backfill"]
+    point, _, nth = point.partition("@")
     store = open_store(f"s3://{bucket}/archive", region="us-east-1")
     assert isinstance(store, S3Store)
     client = SourceClient(url)
@@ -47,7 +90,7 @@ def main() -> None:
             result = original(*args, **kwargs)
             if condition is None or condition(*args, **kwargs):
                 counts[name] = counts.get(name, 0) + 1
-                if point == name and counts[name] == when:
+                if point == name and counts[name] == (int(nth) if nth else when):
                     park(point)
             return result
 
@@ -65,21 +108,12 @@ def main() -> None:
         if point == "after_verify" and message.startswith("verified"):
             park(point)
 
-    config = config_for(source_url=url, archive_url=f"s3://{bucket}/archive", tables=TABLES)
-    table = config.tables[0]
-    job = ArchiveJob(
-        source=client,
-        store=store,
-        table=table,
-        source_table=client.reflect("visits"),
-        partition_key="2023-01-01",
-        window=WINDOW,
-        run_id=uuid.uuid4().hex,
-        now=datetime.now(UTC),
-        log=log,
-    )
-    report = job.run()
-    print(f"DONE {report.rows_committed}", flush=True)
+    if backfill:
+        reports = ArchiveBackfill(jobs=month_jobs(client, store, BACKFILL_MONTHS, log=log)).run()
+        print(f"DONE {sum(r.rows_committed for r in reports)}", flush=True)
+    else:
+        report = month_jobs(client, store, [("2023-01-01", WINDOW)], log=log)[0].run()
+        print(f"DONE {report.rows_committed}", flush=True)
 
 
 if __name__ == "__main__":

@@ -8,30 +8,29 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-from etl_assets.engine.archive import ArchiveJob
+from etl_assets.engine.archive import ArchiveBackfill
 from etl_assets.lib.layout import is_queryable
 from etl_assets.resources.source import LockBusyError, SourceClient
-from etl_assets.resources.store import open_store
-from etl_assets_tests.crash_child import TABLES, WINDOW
+from etl_assets.resources.store import ObjectStore, open_store
+from etl_assets_tests.crash_child import BACKFILL_MONTHS, WINDOW, month_jobs
 from etl_assets_tests.reliability import current
-from etl_assets_tests.support import archived_keys, committed, config_for, seed_visits, source_keys
+from etl_assets_tests.support import archived_keys, committed, seed_visits, source_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
 POINTS = ["mid_extract", "before_verify", "after_verify", "mid_purge", "mid_commit", "before_cleanup"]
 
 
-def run_child_until(point: str, url: str, bucket: str) -> str:
-    """Start the child, wait until it parks at `point`, SIGKILL it; returns its output."""
+def run_child_until(point: str, url: str, bucket: str, *extra: str) -> str:
+    """Start the child, wait until it parks at `point` (`name@N`: its N-th time), SIGKILL it; returns
+    its output."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "etl_assets_tests.crash_child", url, bucket, point],
+        [sys.executable, "-m", "etl_assets_tests.crash_child", url, bucket, point, *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -39,38 +38,53 @@ def run_child_until(point: str, url: str, bucket: str) -> str:
         env=os.environ.copy(),
     )
     assert process.stdout is not None
+    name = point.partition("@")[0]
     lines: list[str] = []
     timer = threading.Timer(120, process.kill)
     timer.start()
     try:
         for line in process.stdout:
             lines.append(line)
-            if line.startswith(f"PARKED {point}"):
+            if line.startswith(f"PARKED {name}"):
                 process.send_signal(signal.SIGKILL)
                 break
     finally:
         timer.cancel()
         process.wait(timeout=30)
     output = "".join(lines)
-    assert f"PARKED {point}" in output, f"child never reached {point}:\n{output}"
+    assert f"PARKED {name}" in output, f"child never reached {point}:\n{output}"
     return output
 
 
-def rerun(url: str, bucket: str) -> None:
-    config = config_for(source_url=url, archive_url=f"s3://{bucket}/archive", tables=TABLES)
+def rerun(url: str, bucket: str, *, backfill: bool = False) -> None:
     client = SourceClient(url)
-    ArchiveJob(
-        source=client,
-        store=open_store(f"s3://{bucket}/archive", region="us-east-1"),
-        table=config.tables[0],
-        source_table=client.reflect("visits"),
-        partition_key="2023-01-01",
-        window=WINDOW,
-        run_id=uuid.uuid4().hex,
-        now=datetime.now(UTC),
-        log=lambda m: None,
-    ).run()
+    store = open_store(f"s3://{bucket}/archive", region="us-east-1")
+    if backfill:
+        reports = ArchiveBackfill(jobs=month_jobs(client, store, BACKFILL_MONTHS)).run()
+        assert [r.partition for r in reports] == [key for key, _ in BACKFILL_MONTHS]
+    else:
+        month_jobs(client, store, [("2023-01-01", WINDOW)])[0].run()
     client.dispose()
+
+
+def check_right_after_kill(url: str, store: ObjectStore) -> set[int]:
+    """Nothing is in both places and nothing is published twice; returns the keys left in MySQL."""
+    source_now, archive_now = source_keys(url), archived_keys(store)
+    assert len(archive_now) == len(set(archive_now))
+    assert source_now.isdisjoint(archive_now)
+    return source_now
+
+
+def check_every_row_once(original: set[int], url: str, store: ObjectStore) -> tuple[set[int], list[int]]:
+    """After the rerun: no row lost, none archived twice, no staging left; returns (source, archive)."""
+    source_after, archive_after = source_keys(url), archived_keys(store)
+    current().checked(rows=len(original), lost=len(original - source_after - set(archive_after)))
+    assert len(archive_after) == len(set(archive_after)), "a primary key was archived twice"
+    assert source_after.isdisjoint(archive_after)
+    assert source_after | set(archive_after) == original, "a row was lost"
+    assert sum(m.rows for m in committed(store)) == len(archive_after)
+    assert not [k for k in store.list("visits") if "/_staging/" in k], "staging debris left behind"
+    return source_after, archive_after
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -83,20 +97,13 @@ def test_kill_at_each_point_then_rerun_loses_and_duplicates_nothing(
 
     run_child_until(point, mysql_url, s3_bucket)
 
-    # Right after the kill: nothing is in both places and nothing is published twice.
-    source_now, archive_now = source_keys(mysql_url), archived_keys(store)
-    assert len(archive_now) == len(set(archive_now))
-    assert source_now.isdisjoint(archive_now)
+    source_now = check_right_after_kill(mysql_url, store)
     if point in ("mid_extract", "before_verify", "after_verify"):
         assert source_now == original, "nothing may be deleted before verification finished"
 
     rerun(mysql_url, s3_bucket)
 
-    source_after, archive_after = source_keys(mysql_url), archived_keys(store)
-    current().checked(rows=len(original), lost=len(original - source_after - set(archive_after)))
-    assert len(archive_after) == len(set(archive_after)), "a primary key was archived twice"
-    assert source_after.isdisjoint(archive_after)
-    assert source_after | set(archive_after) == original, "a row was lost"
+    check_every_row_once(original, mysql_url, store)
     engine = sa.create_engine(mysql_url)
     with engine.connect() as conn:
         left_in_january = conn.execute(
@@ -106,9 +113,35 @@ def test_kill_at_each_point_then_rerun_loses_and_duplicates_nothing(
         ).scalar_one()
     engine.dispose()
     assert left_in_january == 0
-    assert sum(m.rows for m in committed(store)) == len(archive_after)
-    assert not [k for k in store.list("visits") if "/_staging/" in k], "staging debris left behind"
     assert all(is_queryable(k) or k.endswith(".manifest.json") for k in store.list("visits"))
+
+
+# A backfill purges month k in a helper thread while month k+1 is extracted: kill it with one month
+# mid purge (3rd delete: December; 15th: January, 12 batches a month) or mid commit while the next
+# month extracts, and with the next month mid extraction (4th staging part: January's first) while
+# December is being purged.
+BACKFILL_POINTS = ["mid_purge@3", "mid_purge@15", "mid_commit@2", "mid_extract@4"]
+
+
+@pytest.mark.parametrize("point", BACKFILL_POINTS)
+def test_kill_an_overlapped_backfill_then_rerun_loses_and_duplicates_nothing(
+    point: str, mysql_url: str, s3_bucket: str
+) -> None:
+    seed_visits(mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2400)
+    original = source_keys(mysql_url)
+    store = open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+
+    output = run_child_until(point, mysql_url, s3_bucket, "backfill")
+
+    assert "extracting" in output
+    source_now = check_right_after_kill(mysql_url, store)
+    if point.startswith(("mid_purge", "mid_commit")):
+        assert len(source_now) < len(original), "the child was killed before its first delete"
+
+    rerun(mysql_url, s3_bucket, backfill=True)
+
+    source_after, _ = check_every_row_once(original, mysql_url, store)
+    assert source_after == set(), "every row of the three months should have left the source"
 
 
 def test_two_runs_of_one_table_never_interleave(mysql_url: str, s3_bucket: str) -> None:

@@ -1,10 +1,12 @@
 """`archive/<t>`: monthly partitions of old rows, moved to encrypted Parquet and purged from the source.
 
 Materializing one partition does the whole job (extract, stage, verify, purge, commit; see
-`engine/archive.py`). A range of partitions runs in one run (single-run backfill policy), one month
-after the other, so a first archive of years of history is one process, not hundreds of runs.
+`engine/archive.py`). A range of partitions runs in one run (single-run backfill policy), so a first
+archive of years of history is one process, not hundreds of runs; on MySQL each month is purged
+while the next one is extracted (`ArchiveBackfill`).
 """
 
+import time
 from typing import Any
 
 import dagster as dg
@@ -20,7 +22,7 @@ from etl_assets.assets.naming import (
     table_tags,
 )
 from etl_assets.config import ProjectConfig, TableConfig, utcnow
-from etl_assets.engine.archive import ArchiveError, ArchiveJob, ArchiveReport
+from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, ArchiveJob, ArchiveReport, LogRelay
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.lib.windows import Window, month_window
 from etl_assets.resources.memory import release_freed_memory
@@ -33,9 +35,8 @@ def _month_windows(context: dg.AssetExecutionContext) -> list[tuple[str, Window]
     return [(key, month_window(key)) for key in context.partition_keys]
 
 
-def _metadata(reports: list[ArchiveReport]) -> dict[str, Any]:
+def _metadata(reports: list[ArchiveReport], seconds: float) -> dict[str, Any]:
     first, last = reports[0], reports[-1]
-    seconds = sum(r.seconds for r in reports)
     extracted = sum(r.rows_extracted for r in reports)
     parts = [url for r in reports for url in r.parts]
     metadata: dict[str, Any] = {
@@ -118,6 +119,7 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
         archive_store: ArchiveStore,
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
+        started = time.monotonic()
         client = source.open()
         try:
             source_table = client.reflect(table.name, primary_key=table.primary_key)
@@ -128,10 +130,9 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                 if table.replica
                 else None
             )
-            reports = []
-            for key, window in _month_windows(context):
-                context.log.info(f"archive {table.name} partition {key} window {window.label()}")
-                job = ArchiveJob(
+            relay = LogRelay(context.log.info)
+            jobs = [
+                ArchiveJob(
                     source=client,
                     store=store,
                     table=table,
@@ -140,18 +141,24 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                     window=window,
                     run_id=context.run.run_id,
                     now=utcnow(),
-                    log=context.log.info,
+                    log=relay,
                     replica_guard=guard,
                     lock_timeout_seconds=config.source.lock_timeout_seconds,
                 )
-                report = job.run()
-                if report.message:
-                    context.log.info(report.message)
-                reports.append(report)
-                del job
+                for key, window in _month_windows(context)
+            ]
+
+            def month_done(report: ArchiveReport) -> None:
+                context.log.info(
+                    f"archive {table.name} partition {report.partition} window {report.window.label()}: "
+                    f"{report.rows_committed:,} rows committed, {report.rows_purged:,} purged in {report.seconds:.1f}s"
+                    + (f"; {report.message}" if report.message else "")
+                )
                 # A backfill's partitions run one after another in this process: hand what the last
                 # one freed back to the OS, or RSS creeps up with every month (see memory.py).
                 release_freed_memory()
+
+            reports = ArchiveBackfill(jobs=jobs, relay=relay, on_month_done=month_done).run()
         except (ArchiveError, DriftBlockedError, SourceError) as exc:
             # SourceError: lock busy, a replica misconfigured; each message says which table and the fix.
             raise dg.Failure(description=str(exc)) from None
@@ -159,7 +166,7 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
             client.dispose()
         committed = sum(r.rows_committed for r in reports)
         return dg.MaterializeResult(
-            metadata=_metadata(reports),
+            metadata=_metadata(reports, seconds=time.monotonic() - started),
             check_results=[
                 dg.AssetCheckResult(
                     check_name=ARCHIVE_VERIFIED_CHECK,

@@ -24,9 +24,12 @@ queryable archive, and a committed partition is never overwritten or emptied.
 from __future__ import annotations
 
 import contextlib
+import queue
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +71,10 @@ _LOCK_CONFLICT_ATTEMPTS = 3
 
 class ArchiveError(RuntimeError):
     """The archive stopped before deleting anything it could not prove was archived."""
+
+
+class PurgeStopped(ArchiveError):
+    """A purge was asked to stop (`ArchiveJob.stop_purging`) because its run is ending."""
 
 
 class ReplicaGuard(Protocol):
@@ -215,47 +222,83 @@ class ArchiveJob:
         source_table.column(
             self.time_column
         )  # fails early, naming the columns, when the time column is wrong
+        self._phase = "taking the table lock"
+        self._started = time.monotonic()
+        self._stop = threading.Event()  # set by stop_purging, from another thread
 
     # -- entry point ---------------------------------------------------------------------------------------
 
     def run(self) -> ArchiveReport:
         """Do the whole partition; raises before any delete when anything cannot be proven."""
-        started = time.monotonic()
+        self.check_eligible()
+        self._phase = "taking the table lock"
+        with (
+            self.source_failures_explained(),
+            self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds),
+        ):
+            self.recover_other_months()
+            verified = self.extract_and_verify()
+            if verified is not None:
+                self.finish(verified)
+            self.count_final()
+        return self.report
+
+    # -- the steps, for `run` and `ArchiveBackfill` (each under the table lock, in this order) ------------
+
+    def check_eligible(self) -> None:
+        """Raise `ArchiveError` when the retention does not allow archiving this month yet."""
         try:
             check_archive_eligible(self.window, self.settings.retention_period, self.now)
         except ValueError as exc:
             raise ArchiveError(f"table '{self.table.name}': {exc}") from None
-        self._phase = "taking the table lock"
-        with (
-            self._source_failures_explained(),
-            self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds),
-        ):
-            self._phase = "recovery of earlier runs"
-            self._recover_other_months()
-            self._recover()
-            committed = self._committed_manifests()
-            # Before extracting, so a tampered or damaged partition is reported, never added to.
-            check_committed_partition(self.store, self.layout, committed, table=self.table.name)
-            if not self.settings.purge and committed:
-                self.report.message = (
-                    f"partition {self.partition_key} is already archived by run(s) "
-                    f"{', '.join(m.run_id for m in committed)} and purge is off; nothing to do"
-                )
-            else:
-                self._phase = "extraction"
-                staged = self._extract()
-                if staged is None:
-                    self.report.message = self.report.message or "no rows to archive in this window"
-                else:
-                    self._finish(self._verify(staged))
-            self._phase = "the final counts"
-            self.report.null_time_rows = self.source.count_null_time(self.source_table, self.time_column)
-            self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
-        self.report.seconds = time.monotonic() - started
-        return self.report
+
+    def recover_other_months(self) -> None:
+        """Finish the verified staging that crashed runs left in the table's other months."""
+        self._phase = "recovery of earlier runs"
+        self._recover_other_months()
+
+    def extract_and_verify(self) -> Manifest | None:
+        """Recover this month, extract it into staging and verify it; the verified manifest, or None
+        when there is nothing to purge and commit (no rows, or already archived with purge off).
+
+        The partition's `ArchiveReport.seconds` count from here to `count_final`."""
+        self._started = time.monotonic()
+        self._phase = "recovery of earlier runs"
+        self._recover()
+        committed = self._committed_manifests()
+        # Before extracting, so a tampered or damaged partition is reported, never added to.
+        check_committed_partition(self.store, self.layout, committed, table=self.table.name)
+        if not self.settings.purge and committed:
+            self.report.message = (
+                f"partition {self.partition_key} is already archived by run(s) "
+                f"{', '.join(m.run_id for m in committed)} and purge is off; nothing to do"
+            )
+            return None
+        self._phase = "extraction"
+        staged = self._extract()
+        if staged is None:
+            self.report.message = self.report.message or "no rows to archive in this window"
+            return None
+        return self._verify(staged)
+
+    def finish(self, verified: Manifest) -> None:
+        """Purge what `extract_and_verify` verified (unless purge is off), then commit it."""
+        self._finish(verified)
+
+    def count_final(self) -> None:
+        """Fill in the report's closing counts and the partition's wall time."""
+        self._phase = "the final counts"
+        self.report.null_time_rows = self.source.count_null_time(self.source_table, self.time_column)
+        self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
+        self.report.seconds = time.monotonic() - self._started
+
+    def stop_purging(self) -> None:
+        """Ask a purge running in another thread to stop before its next delete batch; the rows left
+        stay in verified staging, which the next run rolls forward."""
+        self._stop.set()
 
     @contextlib.contextmanager
-    def _source_failures_explained(self) -> Iterator[None]:
+    def source_failures_explained(self) -> Iterator[None]:
         """Turn a failing source (restart, KILL, lost lock) into an error that names the table and says
         what to do. SQLAlchemy's own message would quote the statement with its bound primary keys."""
         where = f"table '{self.table.name}' partition {self.partition_key}"
@@ -560,6 +603,12 @@ class ArchiveJob:
                 # looking every row up (lib/purge.py); the batches still hold only this part's keys.
                 table = table.sort_by([(name, "ascending") for name in self.primary_key])
                 for start in range(0, table.num_rows, self.settings.batch_size):
+                    if self._stop.is_set():
+                        raise PurgeStopped(
+                            f"table '{self.table.name}' partition {self.partition_key}: the purge stopped "
+                            f"after {self.report.rows_purged:,} rows because the run is ending; the rest are in "
+                            "verified staging, which the next run rolls forward"
+                        )
                     batch = table.slice(start, self.settings.batch_size)
                     if stopped or (deadline is not None and time.monotonic() >= deadline):
                         if not stopped:
@@ -731,6 +780,151 @@ class ArchiveJob:
                         sha256=stored.sha256)  # fmt: skip
         self._check_part(info, check)
         return info
+
+
+class LogRelay:
+    """A log callable that any thread may call: the thread that made it writes every line.
+
+    The purge of a backfill's month runs in a helper thread (`ArchiveBackfill`); its lines are queued
+    and written by the creating thread at its next line or `flush`, so the log sink (Dagster's event
+    log) is only ever written from one thread, in order.
+    """
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self._owner = threading.get_ident()
+        self._waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
+
+    def __call__(self, message: str) -> None:
+        if threading.get_ident() != self._owner:
+            self._waiting.put(message)
+            return
+        self.flush()
+        self._log(message)
+
+    def flush(self) -> None:
+        """Write the lines other threads queued (only from the creating thread)."""
+        while True:
+            try:
+                message = self._waiting.get_nowait()
+            except queue.Empty:
+                return
+            self._log(message)
+
+
+class ArchiveBackfill:
+    """Archive several months of one table in one run, purging each month while the next one is
+    extracted.
+
+    Extraction is mostly the client's work (reading, Parquet, upload) and the purge mostly the
+    server's (the deletes), so on MySQL the two overlap: month k+1 is extracted and verified in the
+    calling thread while month k is purged and committed in one helper thread. Each month keeps its
+    own order (verify before delete, commit after purge) and purges run one at a time, in month
+    order, all under the one table lock the backfill holds. A crash anywhere leaves at most two
+    months in staging, each in a state a single-month run can leave too (verified and partly
+    purged; being extracted or verified), and the next run finishes them in month order, like any
+    crashed run (`ArchiveJob.recover_other_months`). On SQLite (the demo) the months run one after
+    another: it has one writer and its readers would block the deletes.
+
+    Args:
+        jobs: one `ArchiveJob` per month, in month order, all of one table on one source client.
+        relay: the `LogRelay` the jobs log through, flushed while the calling thread waits.
+        on_month_done: called in the calling thread with each month's report, in month order.
+    """
+
+    def __init__(
+        self,
+        *,
+        jobs: Sequence[ArchiveJob],
+        relay: LogRelay | None = None,
+        on_month_done: Callable[[ArchiveReport], None] | None = None,
+    ) -> None:
+        if not jobs:
+            raise ValueError("a backfill needs at least one month")
+        self.jobs = list(jobs)
+        self.relay = relay
+        self.on_month_done = on_month_done
+        first = self.jobs[0]
+        self.overlap = len(self.jobs) > 1 and first.source.dialect == "mysql"
+        self.reports: list[ArchiveReport] = []
+
+    def run(self) -> list[ArchiveReport]:
+        """Archive every month; raises at the first month that fails (earlier months stay done)."""
+        for job in self.jobs:
+            job.check_eligible()  # refuse the whole range before touching anything
+        first = self.jobs[0]
+        with (
+            first.source_failures_explained(),
+            first.source.lock(first.table.name, "archive", timeout_seconds=first.lock_timeout_seconds),
+        ):
+            first.recover_other_months()
+            if self.overlap:
+                self._run_overlapped()
+            else:
+                for job in self.jobs:
+                    with job.source_failures_explained():
+                        verified = job.extract_and_verify()
+                        if verified is not None:
+                            job.finish(verified)
+                        job.count_final()
+                    self._done(job)
+        return self.reports
+
+    def _run_overlapped(self) -> None:
+        pending: tuple[ArchiveJob, Future[None]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-purge") as purger:
+            try:
+                for job in self.jobs:
+                    with job.source_failures_explained():
+                        verified = job.extract_and_verify()
+                    self._wait(pending)
+                    pending = None
+                    if verified is None:
+                        with job.source_failures_explained():
+                            job.count_final()
+                        self._done(job)
+                    else:
+                        pending = (job, purger.submit(self._purge_and_commit, job, verified))
+                self._wait(pending)
+                pending = None
+            except BaseException:
+                # The run is failing (or being terminated): the month being purged stops at its next
+                # batch and stays in verified staging; its error, if any, is secondary to this one.
+                if pending is not None:
+                    pending[0].stop_purging()
+                    with contextlib.suppress(BaseException):
+                        self._wait(pending)
+                raise
+            finally:
+                if self.relay is not None:
+                    self.relay.flush()
+
+    @staticmethod
+    def _purge_and_commit(job: ArchiveJob, verified: Manifest) -> None:
+        with job.source_failures_explained():
+            job.finish(verified)
+            job.count_final()
+
+    def _wait(self, pending: tuple[ArchiveJob, Future[None]] | None) -> None:
+        if pending is None:
+            return
+        job, future = pending
+        while True:
+            if self.relay is not None:
+                self.relay.flush()
+            try:
+                future.result(timeout=0.5)
+                break
+            except TimeoutError:
+                continue
+        self._done(job)
+
+    def _done(self, job: ArchiveJob) -> None:
+        if self.relay is not None:
+            self.relay.flush()
+        self.reports.append(job.report)
+        if self.on_month_done is not None:
+            self.on_month_done(job.report)
 
 
 def committed_manifests(store: ObjectStore, table: str, month: datetime) -> list[Manifest]:

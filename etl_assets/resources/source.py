@@ -118,6 +118,9 @@ class SourceClient:
         # Read replicas whose lag throttles the purge (`source.replicas`); None when there are none.
         self.replicas: ReplicaSet | None = ReplicaSet(replicas) if replicas else None
         self._held_locks: dict[tuple[str, str], tuple[sa.Connection, str] | None] = {}
+        # A lock's connection is checked from whichever thread deletes (a backfill purges in a helper
+        # thread); an SQLAlchemy connection is not safe to use from two threads at once.
+        self._lock_connection_guard = threading.Lock()
         try:
             self.url = sa.make_url(url)
         except sa_exc.ArgumentError:
@@ -680,17 +683,18 @@ class SourceClient:
             return
         conn, lock_name = held
         problem = "its connection was closed"
-        if not conn.invalidated:
-            try:
-                owner = conn.execute(
-                    sa.text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": lock_name}
-                ).scalar()
-                conn.commit()
-                if owner == 1:
-                    return
-                problem = "the server no longer gives it to this run's connection"
-            except sa_exc.DBAPIError as exc:
-                problem = f"its connection failed ({describe_error(exc)})"
+        with self._lock_connection_guard:
+            if not conn.invalidated:
+                try:
+                    owner = conn.execute(
+                        sa.text("SELECT IS_USED_LOCK(:n) = CONNECTION_ID()"), {"n": lock_name}
+                    ).scalar()
+                    conn.commit()
+                    if owner == 1:
+                        return
+                    problem = "the server no longer gives it to this run's connection"
+                except sa_exc.DBAPIError as exc:
+                    problem = f"its connection failed ({describe_error(exc)})"
         raise LockLostError(
             f"table '{table}': this run lost its '{purpose}' lock ({lock_name}): {problem}. The connection "
             "holding a MySQL named lock was killed (KILL), the server restarted, or the network dropped it"

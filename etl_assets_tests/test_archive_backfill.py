@@ -1,0 +1,192 @@
+"""ArchiveBackfill: each month purged while the next is extracted, failures stop it, nothing is lost."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, LogRelay
+from etl_assets.resources.source import SourceClient
+from etl_assets.resources.store import ObjectStore, StoreError, open_store
+from etl_assets_tests.crash_child import BACKFILL_MONTHS, month_jobs
+from etl_assets_tests.support import (
+    archived_keys,
+    committed,
+    execute_sql,
+    seed_visits,
+    source_keys,
+)
+
+pytestmark = pytest.mark.integration
+
+TABLES = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 250, part_rows: 1000, chunk_rows: 500, max_threads_running: 500}
+"""
+MONTHS = BACKFILL_MONTHS  # December 2022 to February 2023
+
+
+@pytest.fixture
+def client(mysql_url: str) -> Iterator[SourceClient]:
+    seed_visits(mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2000)
+    client = SourceClient(mysql_url)
+    yield client
+    client.dispose()
+
+
+@pytest.fixture
+def store(s3_bucket: str) -> ObjectStore:
+    return open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+
+
+def backfill(client: SourceClient, store: ObjectStore) -> ArchiveBackfill:
+    return ArchiveBackfill(jobs=month_jobs(client, store, MONTHS, tables=TABLES))
+
+
+def wrap(target: Any, method: str, before: Callable[..., None]) -> None:
+    """Call `before(*args)` ahead of every call of `target.method` (on this instance only)."""
+    original = getattr(target, method)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(target, method, wrapped)
+
+
+def _is_month(key: str, month: str) -> bool:
+    return f"/{month}/" in key and "/_staging/" in key
+
+
+def test_month_is_purged_while_the_next_is_extracted(client: SourceClient, store: ObjectStore) -> None:
+    january_extracting = threading.Event()
+    december_deletes: list[tuple[str, bool]] = []
+
+    def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
+        if _is_month(key, "year=2023/month=01"):
+            january_extracting.set()
+
+    def on_delete(source: Any, **kwargs: Any) -> None:
+        times = kwargs["rows"].column("updated_at").to_pylist()
+        if times and times[0].month == 12:
+            # Serially, January could not start extracting until December's purge ended: this wait
+            # would time out. Overlapped, January's first part appears while December still purges.
+            seen = january_extracting.wait(timeout=15)
+            december_deletes.append((threading.current_thread().name, seen))
+
+    wrap(store, "put_file", on_put)
+    wrap(client, "delete_unchanged", on_delete)
+    original = source_keys(client.engine.url.render_as_string(hide_password=False))
+
+    reports = backfill(client, store).run()
+
+    assert [r.partition for r in reports] == ["2022-12-01", "2023-01-01", "2023-02-01"]
+    assert december_deletes and all(seen for _, seen in december_deletes)
+    assert all(name.startswith("etl-purge") for name, _ in december_deletes)
+    archive = archived_keys(store)
+    assert len(archive) == len(set(archive)) and set(archive) == original
+    assert sum(r.rows_purged for r in reports) == len(original)
+    assert not [k for k in store.list("visits") if "/_staging/" in k]
+
+
+def test_a_failing_purge_stops_the_backfill_and_the_rerun_finishes_it(
+    client: SourceClient, store: ObjectStore
+) -> None:
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+    calls = {"january": 0}
+
+    def on_delete(source: Any, **kwargs: Any) -> None:
+        if kwargs["rows"].column("updated_at").to_pylist()[0].month == 1:
+            calls["january"] += 1
+            if calls["january"] == 3:
+                raise ArchiveError("injected: the delete of a January batch failed")
+
+    wrap(client, "delete_unchanged", on_delete)
+    with pytest.raises(ArchiveError, match="injected"):
+        backfill(client, store).run()
+
+    # December is committed; January stopped mid purge; nothing is in both places or lost.
+    source_now, archive_now = source_keys(url), archived_keys(store)
+    assert source_now.isdisjoint(archive_now) and len(archive_now) == len(set(archive_now))
+    assert [m.partition for m in committed(store)] == ["2022-12-01"]
+    assert any("/_staging/" in k and "month=01" in k for k in store.list("visits"))
+
+    rerun_client = SourceClient(url)
+    reports = backfill(rerun_client, store).run()
+    rerun_client.dispose()
+    archive = archived_keys(store)
+    assert source_keys(url) == set()
+    assert len(archive) == len(set(archive)) and set(archive) == original
+    assert any(r.recovered_runs for r in reports), "the rerun should roll January's verified staging forward"
+
+
+def test_a_failing_extraction_stops_the_purge_in_flight(
+    client: SourceClient, store: ObjectStore, s3_bucket: str
+) -> None:
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+    january_purging = threading.Event()
+    extraction_failed = threading.Event()
+
+    def on_delete(source: Any, **kwargs: Any) -> None:
+        if kwargs["rows"].column("updated_at").to_pylist()[0].month == 1:
+            january_purging.set()
+            extraction_failed.wait(timeout=15)  # hold January's purge until February's extraction failed
+            time.sleep(0.2)  # and keep it slow, so the stop request lands well before its end
+
+    def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
+        if _is_month(key, "year=2023/month=02"):
+            assert january_purging.wait(timeout=15)
+            extraction_failed.set()
+            raise StoreError("injected: the upload of a February part failed")
+
+    wrap(client, "delete_unchanged", on_delete)
+    wrap(store, "put_file", on_put)
+    with pytest.raises(StoreError, match="injected"):
+        backfill(client, store).run()
+
+    # January stopped at its next batch: most of it is still in MySQL, all of it in verified staging.
+    source_now, archive_now = source_keys(url), archived_keys(store)
+    assert source_now.isdisjoint(archive_now)
+    assert [m.partition for m in committed(store)] == ["2022-12-01"]
+    assert len(original - source_now) < 2000 + 2000, "January's purge should have stopped early"
+
+    rerun_client, rerun_store = SourceClient(url), open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+    backfill(rerun_client, rerun_store).run()
+    rerun_client.dispose()
+    archive = archived_keys(store)
+    assert source_keys(url) == set()
+    assert len(archive) == len(set(archive)) and set(archive) == original
+
+
+def test_purge_thread_logs_are_written_by_the_calling_thread() -> None:
+    written: list[tuple[str, str]] = []
+    relay = LogRelay(lambda message: written.append((threading.current_thread().name, message)))
+    worker = threading.Thread(target=lambda: relay("from the purge"), name="etl-purge-test")
+    worker.start()
+    worker.join()
+    assert written == []  # queued, not written from the helper thread
+    relay("from the caller")
+    me = threading.current_thread().name
+    assert written == [(me, "from the purge"), (me, "from the caller")]
+
+
+def test_sqlite_months_run_one_after_another(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'source.sqlite'}"
+    execute_sql(url, "CREATE TABLE visits (id BIGINT PRIMARY KEY, updated_at DATETIME)")
+    execute_sql(url, "INSERT INTO visits VALUES (:id, :t)",
+                [{"id": i, "t": f"2022-12-{1 + i % 28:02d} 10:00:00" if i % 2 else f"2023-01-{1 + i % 28:02d} 08:30:00"}
+                 for i in range(100)])  # fmt: skip
+    client = SourceClient(url)
+    store = open_store(str(tmp_path / "archive"), region="us-east-1")
+    run = backfill(client, store)
+    assert run.overlap is False
+    reports = run.run()
+    client.dispose()
+    assert [r.rows_committed for r in reports] == [50, 50, 0]
+    assert sum(r.rows_purged for r in reports) == 100
