@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -57,3 +60,21 @@ def test_periodic_release_waits_for_its_interval(monkeypatch: pytest.MonkeyPatch
     for _ in range(5):
         release()
     assert len(calls) == 2, "released at 102.1 and at 104.2, not in between"
+
+
+@pytest.mark.parametrize(("pool_env", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_runs_allocate_arrow_memory_with_malloc_unless_told_otherwise(
+    pool_env: str | None, expected: str
+) -> None:
+    # A fresh interpreter: the choice is made once per process and lasts for its lifetime.
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if pool_env:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = pool_env
+    code = (
+        "import pyarrow as pa\n"
+        "from etl_assets.resources.memory import use_trimmable_allocators\n"
+        "use_trimmable_allocators()\n"
+        "print(pa.default_memory_pool().backend_name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected

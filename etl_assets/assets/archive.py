@@ -25,7 +25,7 @@ from etl_assets.config import ProjectConfig, TableConfig, utcnow
 from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, ArchiveJob, ArchiveReport, LogRelay
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.lib.windows import Window, month_window
-from etl_assets.resources.memory import release_freed_memory
+from etl_assets.resources.memory import release_freed_memory, use_trimmable_allocators
 from etl_assets.resources.source import SourceDatabase, SourceError
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
@@ -120,6 +120,7 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         started = time.monotonic()
+        use_trimmable_allocators()
         client = source.open()
         try:
             source_table = client.reflect(table.name, primary_key=table.primary_key)

@@ -22,6 +22,7 @@ from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.engine.replica import ReplicaError, ReplicaJob, ReplicaReport
 from etl_assets.lib.windows import Window, utc
+from etl_assets.resources.memory import use_trimmable_allocators
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.warehouse import WarehouseError, WarehouseResource
 
@@ -84,6 +85,7 @@ def build_replica_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
     ) -> dg.MaterializeResult:
         time_window = context.partition_time_window
         window = Window(utc(time_window.start), utc(time_window.end))
+        use_trimmable_allocators()
         client = source.open()
         wh = warehouse.open()
         try:
