@@ -32,6 +32,7 @@ SCALE_CASES = {
     "delta_day",
     "delta_tenth",
     "dlt_sql_database",
+    "archive_extract",
     "archive_month",
     "archive_all",
     "pt_archiver_bulk_delete",
@@ -121,6 +122,9 @@ def test_every_case_is_measured_or_skipped_with_a_reason(results: tuple[dict[str
     assert cases["archive_all[N]"]["rows"] >= 5000, "the whole table was archived"
     detail = cases["archive_all[N]"]["detail"]
     assert _number(detail["longest_delete_seconds"]) and detail["rows_purged"] >= 5000
+    extract_only = cases["archive_extract[N]"]["detail"]
+    assert extract_only["rows_purged"] == 0 and extract_only["rows_committed"] >= 5000
+    assert extract_only["source_rows_after"] == extract_only["source_rows_before"]
 
 
 def test_targets_carry_a_value_and_a_verdict(results: tuple[dict[str, Any], str]) -> None:
