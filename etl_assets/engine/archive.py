@@ -19,6 +19,9 @@ The order of operations is what makes it safe to delete production rows:
 
 After a crash anywhere, re-running converges: every row ends in exactly one of the source or the
 queryable archive, and a committed partition is never overwritten or emptied.
+
+`ArchiveJob` is one month; `ArchiveBackfill` runs a range of months under one lock and, on MySQL,
+purges and commits each month in a helper thread while the next month is extracted and verified.
 """
 
 from __future__ import annotations
@@ -230,18 +233,7 @@ class ArchiveJob:
 
     def run(self) -> ArchiveReport:
         """Do the whole partition; raises before any delete when anything cannot be proven."""
-        self.check_eligible()
-        self._phase = "taking the table lock"
-        with (
-            self.source_failures_explained(),
-            self.source.lock(self.table.name, "archive", timeout_seconds=self.lock_timeout_seconds),
-        ):
-            self.recover_other_months()
-            verified = self.extract_and_verify()
-            if verified is not None:
-                self.finish(verified)
-            self.count_final()
-        return self.report
+        return ArchiveBackfill(jobs=[self]).run()[0]
 
     # -- the steps, for `run` and `ArchiveBackfill` (each under the table lock, in this order) ------------
 
