@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from etl_assets.config import ProjectConfig, parse_config
 from etl_assets.lib.layout import is_queryable
 from etl_assets.lib.manifest import Manifest
+from etl_assets.lib.windows import Window
 from etl_assets.resources.store import ObjectStore
 
 VISITS_DDL = """
@@ -163,3 +164,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def month_keys(url: str, window: Window) -> set[int]:
+    """Keys of the `visits` rows whose time falls in `window`."""
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id FROM visits WHERE updated_at >= :s AND updated_at < :e"),
+            {"s": window.start.replace(tzinfo=None), "e": window.end.replace(tzinfo=None)},
+        )
+        keys = {r[0] for r in rows}
+    engine.dispose()
+    return keys

@@ -14,7 +14,14 @@ from etl_assets.engine.archive import ArchiveError, ArchiveJob, restore_partitio
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
-from etl_assets_tests.support import archived_keys, committed, config_for, seed_visits, source_keys
+from etl_assets_tests.support import (
+    archived_keys,
+    committed,
+    config_for,
+    month_keys,
+    seed_visits,
+    source_keys,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -55,18 +62,6 @@ def seeded(mysql_url: str) -> dict[str, Any]:
 @pytest.fixture
 def store(s3_bucket: str) -> Any:
     return open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
-
-
-def month_keys(url: str, window: Window) -> set[int]:
-    engine = sa.create_engine(url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            sa.text("SELECT id FROM visits WHERE updated_at >= :s AND updated_at < :e"),
-            {"s": window.start.replace(tzinfo=None), "e": window.end.replace(tzinfo=None)},
-        )
-        keys = {r[0] for r in rows}
-    engine.dispose()
-    return keys
 
 
 def test_archive_moves_exactly_the_window_and_accounts_for_every_row(

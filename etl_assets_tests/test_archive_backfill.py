@@ -17,6 +17,7 @@ from etl_assets_tests.support import (
     archived_keys,
     committed,
     execute_sql,
+    month_keys,
     seed_visits,
     source_keys,
 )
@@ -190,3 +191,27 @@ def test_sqlite_months_run_one_after_another(tmp_path: Any) -> None:
     client.dispose()
     assert [r.rows_committed for r in reports] == [50, 50, 0]
     assert sum(r.rows_purged for r in reports) == 100
+
+
+def test_a_row_moved_between_two_verified_months_is_archived_once(
+    client: SourceClient, store: ObjectStore
+) -> None:
+    # The state a backfill killed while purging December leaves when January was verified too, with a
+    # row that moved from December to January between the two extractions: it is in both stagings.
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+    december, january = month_jobs(client, store, MONTHS[:2], tables=TABLES)
+    assert december.extract_and_verify() is not None
+    moved = min(month_keys(url, MONTHS[0][1]))
+    execute_sql(url, "UPDATE visits SET updated_at = '2023-01-15 12:00:00' WHERE id = :id", {"id": moved})
+    assert january.extract_and_verify() is not None
+
+    # The rerun starts at December: the stale copy (December's) must be finished before January's.
+    rerun_client = SourceClient(url)
+    backfill(rerun_client, store).run()
+    rerun_client.dispose()
+    archive = archived_keys(store)
+    assert len(archive) == len(set(archive)), f"key {moved} was archived twice"
+    assert set(archive) == original and source_keys(url) == set()
+    january_parts = [m for m in committed(store) if m.partition == "2023-01-01"]
+    assert sum(m.rows for m in january_parts) == 2001  # January's 2,000 rows and the moved one

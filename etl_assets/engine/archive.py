@@ -244,10 +244,10 @@ class ArchiveJob:
         except ValueError as exc:
             raise ArchiveError(f"table '{self.table.name}': {exc}") from None
 
-    def recover_other_months(self) -> None:
-        """Finish the verified staging that crashed runs left in the table's other months."""
+    def recover_months_in_order(self) -> None:
+        """Finish the verified staging that crashed runs left in the table, oldest month first."""
         self._phase = "recovery of earlier runs"
-        self._recover_other_months()
+        self._recover_months_in_order()
 
     def extract_and_verify(self) -> Manifest | None:
         """Recover this month, extract it into staging and verify it; the verified manifest, or None
@@ -334,8 +334,9 @@ class ArchiveJob:
                 manifests.append(Manifest.from_json(self.store.get_bytes(key)))
         return [m for m in manifests if m.state == "committed"]
 
-    def _recover_other_months(self) -> None:
-        """Roll forward verified staging of the table's other months before this month extracts.
+    def _recover_months_in_order(self) -> None:
+        """Roll forward the verified staging of every month of the table, oldest month first, this
+        month's in its place, before this month extracts.
 
         A crashed run's verified staging may hold a row that has since moved into another month. If
         that other month were archived first, the row would be deleted there, and the later roll-
@@ -343,6 +344,11 @@ class ArchiveJob:
         moved and was archived elsewhere": it would publish the stale copy too. Finishing every
         verified staging of the table first (under the table lock this run holds) makes the moved row
         count as changed, so it stays in MySQL and is archived once, by the month it now belongs to.
+
+        When two months hold such a row (a backfill killed while purging month k with month k+1
+        already verified: the row moved from k to k+1 between the two extractions), the stale copy is
+        the one extracted first, and a backfill extracts in month order: so the months are finished
+        oldest first, including this run's own month, which may be k while k+1 is later in the range.
         """
         own = self.layout.month
         months = {
@@ -350,7 +356,10 @@ class ArchiveJob:
             for key in self.store.list(self.layout.table_staging_root + "/")
             if key.endswith(".manifest.json") and (month := PartitionLayout.month_of_key(key)) is not None
         }
-        for month in sorted(months - {own}):
+        for month in sorted(months | {own}):
+            if month == own:
+                self._recover()
+                continue
             other_layout = PartitionLayout(prefix="", table=self.table.name, month=month)
             verified = [
                 Manifest.from_json(self.store.get_bytes(key))
@@ -815,7 +824,7 @@ class ArchiveBackfill:
     order, all under the one table lock the backfill holds. A crash anywhere leaves at most two
     months in staging, each in a state a single-month run can leave too (verified and partly
     purged; being extracted or verified), and the next run finishes them in month order, like any
-    crashed run (`ArchiveJob.recover_other_months`). On SQLite (the demo) the months run one after
+    crashed run (`ArchiveJob.recover_months_in_order`). On SQLite (the demo) the months run one after
     another: it has one writer and its readers would block the deletes.
 
     Args:
@@ -849,7 +858,7 @@ class ArchiveBackfill:
             first.source_failures_explained(),
             first.source.lock(first.table.name, "archive", timeout_seconds=first.lock_timeout_seconds),
         ):
-            first.recover_other_months()
+            first.recover_months_in_order()
             if self.overlap:
                 self._run_overlapped()
             else:
