@@ -244,11 +244,6 @@ class ArchiveJob:
         except ValueError as exc:
             raise ArchiveError(f"table '{self.table.name}': {exc}") from None
 
-    def recover_months_in_order(self) -> None:
-        """Finish the verified staging that crashed runs left in the table, oldest month first."""
-        self._phase = "recovery of earlier runs"
-        self._recover_months_in_order()
-
     def extract_and_verify(self) -> Manifest | None:
         """Recover this month, extract it into staging and verify it; the verified manifest, or None
         when there is nothing to purge and commit (no rows, or already archived with purge off).
@@ -272,10 +267,6 @@ class ArchiveJob:
             self.report.message = self.report.message or "no rows to archive in this window"
             return None
         return self._verify(staged)
-
-    def finish(self, verified: Manifest) -> None:
-        """Purge what `extract_and_verify` verified (unless purge is off), then commit it."""
-        self._finish(verified)
 
     def count_final(self) -> None:
         """Fill in the report's closing counts and the partition's wall time."""
@@ -334,7 +325,7 @@ class ArchiveJob:
                 manifests.append(Manifest.from_json(self.store.get_bytes(key)))
         return [m for m in manifests if m.state == "committed"]
 
-    def _recover_months_in_order(self) -> None:
+    def recover_months_in_order(self) -> None:
         """Roll forward the verified staging of every month of the table, oldest month first, this
         month's in its place, before this month extracts.
 
@@ -350,6 +341,7 @@ class ArchiveJob:
         the one extracted first, and a backfill extracts in month order: so the months are finished
         oldest first, including this run's own month, which may be k while k+1 is later in the range.
         """
+        self._phase = "recovery of earlier runs"
         own = self.layout.month
         months = {
             month
@@ -403,7 +395,7 @@ class ArchiveJob:
                     f"rolling forward run {run_id}: its {manifest.rows:,} rows were verified in the store"
                 )
                 self.report.recovered_runs.append(run_id)
-                self._finish(manifest)
+                self.finish(manifest)
             else:
                 self.log(f"discarding unverified staging of run {run_id} (nothing was deleted by it)")
                 self.report.discarded_staging += 1
@@ -572,7 +564,8 @@ class ArchiveJob:
 
     # -- purge + commit ------------------------------------------------------------------------------------
 
-    def _finish(self, manifest: Manifest) -> None:
+    def finish(self, manifest: Manifest) -> None:
+        """Purge what was verified (unless purge is off), then commit it."""
         kept: dict[str, set[tuple[Any, ...]]] = {}
         if self.settings.purge:
             kept = self._purge(manifest)
