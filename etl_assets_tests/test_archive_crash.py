@@ -87,13 +87,18 @@ def check_every_row_once(original: set[int], url: str, store: ObjectStore) -> tu
     return source_after, archive_after
 
 
+@pytest.fixture
+def three_months(mysql_url: str, s3_bucket: str) -> tuple[set[int], ObjectStore]:
+    """December 2022 to February 2023 seeded (2,400 rows each): their keys, and the store to archive to."""
+    seed_visits(mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2400)
+    return source_keys(mysql_url), open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+
+
 @pytest.mark.parametrize("point", POINTS)
 def test_kill_at_each_point_then_rerun_loses_and_duplicates_nothing(
-    point: str, mysql_url: str, s3_bucket: str
+    point: str, mysql_url: str, s3_bucket: str, three_months: tuple[set[int], ObjectStore]
 ) -> None:
-    seed_visits(mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2400)
-    original = source_keys(mysql_url)
-    store = open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+    original, store = three_months
 
     run_child_until(point, mysql_url, s3_bucket)
 
@@ -125,11 +130,9 @@ BACKFILL_POINTS = ["mid_purge@3", "mid_purge@15", "mid_commit@2", "mid_extract@4
 
 @pytest.mark.parametrize("point", BACKFILL_POINTS)
 def test_kill_an_overlapped_backfill_then_rerun_loses_and_duplicates_nothing(
-    point: str, mysql_url: str, s3_bucket: str
+    point: str, mysql_url: str, s3_bucket: str, three_months: tuple[set[int], ObjectStore]
 ) -> None:
-    seed_visits(mysql_url, months=[(2022, 12), (2023, 1), (2023, 2)], rows_per_month=2400)
-    original = source_keys(mysql_url)
-    store = open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+    original, store = three_months
 
     output = run_child_until(point, mysql_url, s3_bucket, "backfill")
 
