@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
@@ -62,19 +63,59 @@ def test_periodic_release_waits_for_its_interval(monkeypatch: pytest.MonkeyPatch
     assert len(calls) == 2, "released at 102.1 and at 104.2, not in between"
 
 
-@pytest.mark.parametrize(("pool_env", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
-def test_runs_allocate_arrow_memory_with_malloc_unless_told_otherwise(
-    pool_env: str | None, expected: str
-) -> None:
-    # A fresh interpreter: the choice is made once per process and lasts for its lifetime.
+PARQUET_ROUND_TRIP = """
+import json, sys, tempfile
+{first_import}
+import pyarrow as pa
+import pyarrow.parquet as pq
+from etl_assets.resources.memory import use_trimmable_allocators
+
+warning = use_trimmable_allocators()
+table = pa.table({{"id": list(range(50_000)), "note": ["x" * 90] * 50_000}})
+with tempfile.TemporaryDirectory() as tmp:
+    pq.write_table(table, tmp + "/t.parquet", compression="zstd")
+    assert pq.read_table(tmp + "/t.parquet").num_rows == 50_000
+print(json.dumps({{
+    "python_pool": pa.default_memory_pool().backend_name,
+    "parquet_in_mimalloc": pa.mimalloc_memory_pool().max_memory(),
+    "parquet_in_malloc": pa.system_memory_pool().max_memory(),
+    "warning": warning,
+}}))
+"""
+
+
+def parquet_round_trip(*, pool_env: str | None, pyarrow_first: bool) -> dict[str, object]:
+    """Write and read a Parquet file in a fresh interpreter (Arrow picks its pool once per process)
+    and say which pools served it."""
     env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
     if pool_env:
         env["ARROW_DEFAULT_MEMORY_POOL"] = pool_env
-    code = (
-        "import pyarrow as pa\n"
-        "from etl_assets.resources.memory import use_trimmable_allocators\n"
-        "use_trimmable_allocators()\n"
-        "print(pa.default_memory_pool().backend_name)\n"
-    )
+    first_import = "import pyarrow" if pyarrow_first else "import etl_assets"
+    code = PARQUET_ROUND_TRIP.format(first_import=first_import)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+    return json.loads(out.stdout)
+
+
+def test_parquet_buffers_come_from_malloc_in_a_process_of_ours() -> None:
+    # Parquet's readers and writers allocate from Arrow's process-wide pool, not the Python side's
+    # default; mimalloc kept what a month freed and a backfill's peak grew with the month's size.
+    used = parquet_round_trip(pool_env=None, pyarrow_first=False)
+    assert used["parquet_in_mimalloc"] == 0
+    assert used["parquet_in_malloc"] > 1_000_000
+    assert used["python_pool"] == "system"
+    assert used["warning"] is None
+
+
+def test_a_pool_named_in_the_environment_wins() -> None:
+    used = parquet_round_trip(pool_env="mimalloc", pyarrow_first=False)
+    assert used["parquet_in_mimalloc"] > 1_000_000
+    assert used["python_pool"] == "mimalloc"
+    assert used["warning"] is None
+
+
+def test_pyarrow_imported_too_early_is_reported_with_the_fix() -> None:
+    used = parquet_round_trip(pool_env=None, pyarrow_first=True)
+    assert used["parquet_in_mimalloc"] > 1_000_000, "Arrow chose its pool before etl_assets could"
+    assert used["python_pool"] == "system"
+    warning = str(used["warning"])
+    assert "mimalloc" in warning and "ARROW_DEFAULT_MEMORY_POOL=system" in warning

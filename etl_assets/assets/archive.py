@@ -120,7 +120,8 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
         warehouse: WarehouseResource,
     ) -> dg.MaterializeResult:
         started = time.monotonic()
-        use_trimmable_allocators()
+        if allocator_warning := use_trimmable_allocators():
+            context.log.warning(allocator_warning)
         client = source.open()
         try:
             source_table = client.reflect(table.name, primary_key=table.primary_key)

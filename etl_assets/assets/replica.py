@@ -85,7 +85,8 @@ def build_replica_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
     ) -> dg.MaterializeResult:
         time_window = context.partition_time_window
         window = Window(utc(time_window.start), utc(time_window.end))
-        use_trimmable_allocators()
+        if allocator_warning := use_trimmable_allocators():
+            context.log.warning(allocator_warning)
         client = source.open()
         wh = warehouse.open()
         try:

@@ -7,10 +7,13 @@ of 40k rows, for as long as the run goes on). `malloc_trim(0)` returns the free 
 arena; Arrow's own pool (mimalloc or jemalloc) is asked to do the same.
 
 Asking is not enough for a long archive backfill: mimalloc keeps freed segments for reuse and the
-extra arenas fragment, so its peak RSS still grew with the size of a month (`make bench`, extraction
-of 58 months without Dagster: +56 MB from 500k to 2M rows). `use_trimmable_allocators()` makes
-Arrow allocate with malloc and caps glibc at two arenas, so what the run frees can be trimmed: the
-same measurement grew +21 MB (247 -> 268 MB against 287 -> 343 MB).
+extra arenas fragment, so peak RSS grew with the size of a month. Arrow chooses its process-wide
+pool once, when pyarrow is imported, and Parquet's readers and writers take their page and column
+buffers from that pool whatever the Python side is given; so `etl_assets/__init__.py` asks for
+malloc (`ARROW_DEFAULT_MEMORY_POOL=system`) before pyarrow is imported, and
+`use_trimmable_allocators()` caps glibc at two arenas. Measured on the archive of a 2M-row table as
+one backfill (`make bench`, whole Dagster run): peak RSS 400 MB with Parquet in mimalloc, 320 MB in
+malloc (500k rows: 319 and 299 MB).
 """
 
 from __future__ import annotations
@@ -52,20 +55,39 @@ def _malloc_trim() -> Callable[[int], int] | None:
     return trim
 
 
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
+"""Arrow reads it once, when pyarrow is imported, to choose the process-wide memory pool."""
+
+
 @functools.cache
-def use_trimmable_allocators() -> None:
+def use_trimmable_allocators() -> str | None:
     """For the rest of this process, allocate so that `release_freed_memory` can hand memory back.
 
-    Arrow allocates with malloc instead of its own pool, unless `ARROW_DEFAULT_MEMORY_POOL` names a
-    pool explicitly, and glibc creates at most two malloc arenas. Called by the runs that stream
-    many slices (archive and replica assets); buffers already allocated keep their pool.
+    Arrow allocates with malloc, unless `ARROW_DEFAULT_MEMORY_POOL` names another pool, and glibc
+    creates at most two malloc arenas. Called by the runs that stream many slices (archive and
+    replica assets); buffers already allocated keep their pool.
+
+    Returns:
+        None, or a warning for the run's log when Arrow's process-wide pool is not malloc although
+        no other pool was asked for: pyarrow was imported before `etl_assets`, too late for the
+        package to choose (Parquet's buffers then stay in that pool).
     """
-    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    asked = os.environ.get(ARROW_POOL_VARIABLE) or "system"
+    # Before set_memory_pool below, this is the pool Arrow chose when pyarrow was imported.
+    process_pool = pa.default_memory_pool().backend_name
+    if asked == "system":
         pa.set_memory_pool(pa.system_memory_pool())
     mallopt = _glibc("mallopt")
     if mallopt is not None:
         mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         mallopt(_M_ARENA_MAX, _ARENAS)
+    if asked == "system" and process_pool != "system":
+        return (
+            f"Arrow's Parquet buffers come from its {process_pool} pool, which keeps freed memory, so a long "
+            "backfill's peak memory grows with the size of a partition: pyarrow was imported before etl_assets. "
+            f"Start the process with {ARROW_POOL_VARIABLE}=system (or import etl_assets first)"
+        )
+    return None
 
 
 def release_freed_memory() -> None:
