@@ -10,4 +10,6 @@ __version__ = "0.1.0"
 # of a month (`make bench`: 400 MB at 2M rows against 320 MB with malloc). This package is imported
 # before anything of ours imports pyarrow (Dagster does not), so it is the one place early enough to
 # choose malloc; a pool the user names in the environment wins. `resources/memory.py` says more.
-_os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
+"""Arrow reads it once, when pyarrow is imported, to choose the process-wide memory pool."""
+_os.environ.setdefault(ARROW_POOL_VARIABLE, "system")

@@ -28,6 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from etl_assets import ARROW_POOL_VARIABLE
+
 # glibc's mallopt parameter for the most malloc arenas (malloc.h: M_ARENA_MAX).
 _M_ARENA_MAX = -8
 _ARENAS = 2
@@ -53,10 +55,6 @@ def _malloc_trim() -> Callable[[int], int] | None:
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
     return trim
-
-
-ARROW_POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
-"""Arrow reads it once, when pyarrow is imported, to choose the process-wide memory pool."""
 
 
 @functools.cache
