@@ -165,16 +165,60 @@ def test_a_failing_extraction_stops_the_purge_in_flight(
     assert len(archive) == len(set(archive)) and set(archive) == original
 
 
-def test_purge_thread_logs_are_written_by_the_calling_thread() -> None:
+def test_log_lines_from_every_thread_are_written_by_one_writer_in_call_order() -> None:
     written: list[tuple[str, str]] = []
-    relay = LogRelay(lambda message: written.append((threading.current_thread().name, message)))
-    worker = threading.Thread(target=lambda: relay("from the purge"), name="etl-purge-test")
-    worker.start()
-    worker.join()
-    assert written == []  # queued, not written from the helper thread
-    relay("from the caller")
-    me = threading.current_thread().name
-    assert written == [(me, "from the purge"), (me, "from the caller")]
+
+    def slow_sink(message: str) -> None:
+        time.sleep(0.01)  # an event-log insert
+        written.append((threading.current_thread().name, message))
+
+    with LogRelay(slow_sink) as log:
+        log("extracting January")
+        worker = threading.Thread(target=lambda: log("purged December"), name="etl-purge-test")
+        worker.start()
+        worker.join()
+        log("extracted January")
+    # Leaving the block waited for every line.
+    assert written == [
+        ("etl-log-writer", "extracting January"),
+        ("etl-log-writer", "purged December"),
+        ("etl-log-writer", "extracted January"),
+    ]
+
+
+def test_logging_a_line_does_not_wait_for_the_sink() -> None:
+    gate = threading.Event()
+    seen: list[tuple[bool, str]] = []
+    # Were a call to write the line itself, the first call would block here for 5 s and record False.
+    with LogRelay(lambda message: seen.append((gate.wait(5), message))) as log:
+        log("one")
+        log("two")
+        gate.set()
+    assert seen == [(True, "one"), (True, "two")]
+
+
+def test_a_failing_log_sink_is_raised_when_the_block_ends_unless_the_block_failed() -> None:
+    def broken(message: str) -> None:
+        raise ConnectionError("event log storage is down")
+
+    with pytest.raises(ConnectionError, match="storage is down"), LogRelay(broken) as log:
+        log("a line")
+
+    def failing_run() -> None:
+        with LogRelay(broken) as log:
+            log("a line")
+            assert log.flush(timeout=5)  # the sink has failed by now
+            raise ArchiveError("the run's own error")
+
+    with pytest.raises(ArchiveError, match="the run's own error"):
+        failing_run()
+
+
+def test_outside_its_block_the_relay_writes_at_once() -> None:
+    written: list[str] = []
+    log = LogRelay(written.append)
+    log("direct")
+    assert written == ["direct"]
 
 
 def test_sqlite_months_run_one_after_another(tmp_path: Any) -> None:

@@ -45,6 +45,11 @@ def _materialize(defs: dg.Definitions, key: str, **kwargs: Any) -> dg.ExecuteInP
     return job.execute_in_process(asset_selection=[asset_key], raise_on_error=False, **kwargs)
 
 
+def _range(start: str, end: str) -> dict[str, str]:
+    """Tags of a single run over a partition range (a backfill with BackfillPolicy.single_run)."""
+    return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
+
+
 def replica_ids(env: dict[str, Any]) -> set[int]:
     engine = sa.create_engine(env["pg"])
     with engine.connect() as conn:
@@ -60,10 +65,7 @@ def test_replica_backfill_then_archive_keeps_rows_in_replica(env: dict[str, Any]
             defs,
             "replica/visits",
             instance=instance,
-            tags={
-                "dagster/asset_partition_range_start": "2022-12-01",
-                "dagster/asset_partition_range_end": "2023-02-28",
-            },
+            tags=_range("2022-12-01", "2023-02-28"),
         )
         assert backfill.success, backfill.get_step_failure_events()
         events = backfill.get_asset_materialization_events()
@@ -152,3 +154,31 @@ def _null_time_ids(url: str) -> set[int]:
         ids = {int(r[0]) for r in conn.execute(sa.text("SELECT id FROM visits WHERE updated_at IS NULL"))}
     engine.dispose()
     return ids
+
+
+def test_a_backfill_logs_every_month_in_order_before_the_step_ends(env: dict[str, Any]) -> None:
+    # Extraction and purge threads queue their lines; a writer thread puts them in the event log.
+    with dg.instance_for_test() as instance:
+        result = _materialize(
+            env["defs"],
+            "archive/visits",
+            instance=instance,
+            tags=_range("2022-12-01", "2023-01-01"),
+        )
+        assert result.success, result.get_step_failure_events()
+        records = instance.all_logs(result.run_id)
+    step_end = next(
+        i for i, r in enumerate(records)
+        if r.dagster_event and r.dagster_event.event_type == dg.DagsterEventType.STEP_SUCCESS
+    )  # fmt: skip
+    lines = [r.user_message for r in records[:step_end] if r.dagster_event is None]
+    summaries = [line for line in lines if line.startswith("archive visits partition")]
+    assert [s.split()[3] for s in summaries] == ["2022-12-01", "2023-01-01"]
+    for month, summary in zip(["2022-12-01", "2023-01-01"], summaries, strict=True):
+        # The month's own lines (extraction, verification, commit) come before its summary.
+        before = lines[: lines.index(summary)]
+        assert any(line.startswith("extracting ") and month[:7] in line for line in before), month
+        assert any(line.startswith("verified ") for line in before), month
+    assert not any(r.dagster_event is None for r in records[step_end:]), (
+        "every line is in before the step ends"
+    )

@@ -132,35 +132,36 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
                 if table.replica
                 else None
             )
-            relay = LogRelay(context.log.info)
-            jobs = [
-                ArchiveJob(
-                    source=client,
-                    store=store,
-                    table=table,
-                    source_table=source_table,
-                    partition_key=key,
-                    window=window,
-                    run_id=context.run.run_id,
-                    now=utcnow(),
-                    log=relay,
-                    replica_guard=guard,
-                    lock_timeout_seconds=config.source.lock_timeout_seconds,
-                )
-                for key, window in _month_windows(context)
-            ]
+            # Lines go to the event log from a writer thread; extraction and purge only queue them.
+            with LogRelay(context.log.info) as log:
+                jobs = [
+                    ArchiveJob(
+                        source=client,
+                        store=store,
+                        table=table,
+                        source_table=source_table,
+                        partition_key=key,
+                        window=window,
+                        run_id=context.run.run_id,
+                        now=utcnow(),
+                        log=log,
+                        replica_guard=guard,
+                        lock_timeout_seconds=config.source.lock_timeout_seconds,
+                    )
+                    for key, window in _month_windows(context)
+                ]
 
-            def month_done(report: ArchiveReport) -> None:
-                context.log.info(
-                    f"archive {table.name} partition {report.partition} window {report.window.label()}: "
-                    f"{report.rows_committed:,} rows committed, {report.rows_purged:,} purged in {report.seconds:.1f}s"
-                    + (f"; {report.message}" if report.message else "")
-                )
-                # A backfill's partitions run one after another in this process: hand what the last
-                # one freed back to the OS, or RSS creeps up with every month (see memory.py).
-                release_freed_memory()
+                def month_done(report: ArchiveReport) -> None:
+                    log(
+                        f"archive {table.name} partition {report.partition} window {report.window.label()}: "
+                        f"{report.rows_committed:,} rows committed, {report.rows_purged:,} purged in {report.seconds:.1f}s"
+                        + (f"; {report.message}" if report.message else "")
+                    )
+                    # A backfill's partitions run one after another in this process: hand what the last
+                    # one freed back to the OS, or RSS creeps up with every month (see memory.py).
+                    release_freed_memory()
 
-            reports = ArchiveBackfill(jobs=jobs, relay=relay, on_month_done=month_done).run()
+                reports = ArchiveBackfill(jobs=jobs, on_month_done=month_done).run()
         except (ArchiveError, DriftBlockedError, SourceError) as exc:
             # SourceError: lock busy, a replica misconfigured; each message says which table and the fix.
             raise dg.Failure(description=str(exc)) from None

@@ -777,33 +777,67 @@ class ArchiveJob:
 
 
 class LogRelay:
-    """A log callable that any thread may call: the thread that made it writes every line.
+    """A log callable that any thread may call: one writer thread writes every line, in call order.
 
-    The purge of a backfill's month runs in a helper thread (`ArchiveBackfill`); its lines are queued
-    and written by the creating thread at its next line or `flush`, so the log sink (Dagster's event
-    log) is only ever written from one thread, in order.
+    A line in Dagster's event log is a database insert, ~8 ms each on PostgreSQL storage (`make bench`:
+    a 48-month backfill logs 240 lines, 1.5 s of a 12.8 s run, most of it in the extraction's thread).
+    Inside `with LogRelay(context.log.info) as log:` the threads that extract and purge only queue a
+    line; the writer thread writes them meanwhile, so the event log is still written by one thread, in
+    order. Leaving the block waits until every queued line is written (at most `drain_seconds`), so
+    the step's log is complete before its result. Outside the block a call writes at once.
+
+    If the sink fails, later lines are dropped and leaving the block raises its error, unless the
+    block itself raised (that error is the one that explains the run).
     """
 
-    def __init__(self, log: Log) -> None:
+    def __init__(self, log: Log, *, drain_seconds: float = 30.0) -> None:
         self._log = log
-        self._owner = threading.get_ident()
-        self._waiting: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._drain_seconds = drain_seconds
+        self._lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._progress = threading.Condition()
+        self._queued = 0
+        self._written = 0
+        self._error: BaseException | None = None
+        self._writer: threading.Thread | None = None
+
+    def __enter__(self) -> LogRelay:
+        self._writer = threading.Thread(target=self._write_lines, name="etl-log-writer", daemon=True)
+        self._writer.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        writer, self._writer = self._writer, None
+        drained = self.flush(timeout=self._drain_seconds)
+        self._lines.put(None)
+        if writer is not None and drained:
+            writer.join(self._drain_seconds)
+        if exc_type is None and self._error is not None:
+            raise self._error
 
     def __call__(self, message: str) -> None:
-        if threading.get_ident() != self._owner:
-            self._waiting.put(message)
-            return
-        self.flush()
-        self._log(message)
-
-    def flush(self) -> None:
-        """Write the lines other threads queued (only from the creating thread)."""
-        while True:
-            try:
-                message = self._waiting.get_nowait()
-            except queue.Empty:
-                return
+        if self._writer is None:
             self._log(message)
+            return
+        with self._progress:
+            self._queued += 1
+        self._lines.put(message)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every line queued so far is written; False if `timeout` passed first."""
+        with self._progress:
+            target = self._queued
+            return self._progress.wait_for(lambda: self._written >= target, timeout)
+
+    def _write_lines(self) -> None:
+        while (message := self._lines.get()) is not None:
+            if self._error is None:
+                try:
+                    self._log(message)
+                except BaseException as exc:  # noqa: BLE001 - raised in the thread that leaves the block
+                    self._error = exc
+            with self._progress:
+                self._written += 1
+                self._progress.notify_all()
 
 
 class ArchiveBackfill:
@@ -822,7 +856,6 @@ class ArchiveBackfill:
 
     Args:
         jobs: one `ArchiveJob` per month, in month order, all of one table on one source client.
-        relay: the `LogRelay` the jobs log through, flushed while the calling thread waits.
         on_month_done: called in the calling thread with each month's report, in month order.
     """
 
@@ -830,13 +863,11 @@ class ArchiveBackfill:
         self,
         *,
         jobs: Sequence[ArchiveJob],
-        relay: LogRelay | None = None,
         on_month_done: Callable[[ArchiveReport], None] | None = None,
     ) -> None:
         if not jobs:
             raise ValueError("a backfill needs at least one month")
         self.jobs = list(jobs)
-        self.relay = relay
         self.on_month_done = on_month_done
         first = self.jobs[0]
         self.overlap = len(self.jobs) > 1 and first.source.dialect == "mysql"
@@ -889,9 +920,6 @@ class ArchiveBackfill:
                     with contextlib.suppress(BaseException):
                         self._wait(pending)
                 raise
-            finally:
-                if self.relay is not None:
-                    self.relay.flush()
 
     @staticmethod
     def _purge_and_commit(job: ArchiveJob, verified: Manifest) -> None:
@@ -903,19 +931,10 @@ class ArchiveBackfill:
         if pending is None:
             return
         job, future = pending
-        while True:
-            if self.relay is not None:
-                self.relay.flush()
-            try:
-                future.result(timeout=0.5)
-                break
-            except TimeoutError:
-                continue
+        future.result()
         self._done(job)
 
     def _done(self, job: ArchiveJob) -> None:
-        if self.relay is not None:
-            self.relay.flush()
         self.reports.append(job.report)
         if self.on_month_done is not None:
             self.on_month_done(job.report)
