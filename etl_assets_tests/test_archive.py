@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -294,3 +296,46 @@ def test_a_verified_copy_changed_before_the_purge_stops_it_before_any_delete(
     archived = archived_keys(store)
     assert len(archived) == len(set(archived)) == 2500
     assert source_keys(url) == seeded["keys"] - set(archived)
+
+
+THROTTLED = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 100, part_rows: 1000, chunk_rows: 500, max_threads_running: 1}
+"""
+
+
+def test_purge_waits_while_threads_running_is_above_the_limit(seeded: dict[str, Any], store: Any) -> None:
+    url = seeded["url"]
+    admin = sa.create_engine(url)
+    busy = admin.connect()
+    busy_id = busy.connection.dbapi_connection.thread_id()  # type: ignore[union-attr]
+    # A second running statement: Threads_running is 2 (it and the status query) > 1 until it ends.
+
+    def run_busy_statement() -> None:
+        with contextlib.suppress(sa.exc.OperationalError):  # MariaDB reports the KILL QUERY below
+            busy.execute(sa.text("SELECT SLEEP(60)")).all()
+
+    sleeper = threading.Thread(target=run_busy_statement, daemon=True)
+    sleeper.start()
+    log: list[str] = []
+    left_when_waiting: list[int] = []
+
+    def watch(message: str) -> None:
+        log.append(message)
+        if message.startswith("throttling: Threads_running=") and not left_when_waiting:
+            left_when_waiting.append(len(source_keys(url)))
+            with admin.connect() as conn:
+                conn.execute(sa.text(f"KILL QUERY {int(busy_id)}"))  # the load goes away
+
+    try:
+        report = make_job(url, store, tables=THROTTLED, log=watch).run()
+    finally:
+        sleeper.join(10)
+        busy.close()
+        admin.dispose()
+    assert left_when_waiting == [len(seeded["keys"])], "nothing deleted while the source was busy"
+    assert "> 1; waiting before the next delete batch" in next(
+        m for m in log if m.startswith("throttling: T")
+    )
+    assert any(m.startswith("throttling: resuming deletes after waiting") for m in log)
+    assert report.rows_purged == report.rows_extracted == 2500

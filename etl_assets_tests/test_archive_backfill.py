@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -259,3 +260,21 @@ def test_a_row_moved_between_two_verified_months_is_archived_once(
     assert set(archive) == original and source_keys(url) == set()
     january_parts = [m for m in committed(store) if m.partition == "2023-01-01"]
     assert sum(m.rows for m in january_parts) == 2001  # January's 2,000 rows and the moved one
+
+
+def test_a_backfill_asks_the_source_for_its_load_at_most_twice_a_second(
+    client: SourceClient, store: ObjectStore
+) -> None:
+    # Months of 2,000 rows in 250-row batches: 24 batches, each month's purge shorter than 0.5 s.
+    asked: list[float] = []
+    original = client.threads_running
+
+    def counted() -> int | None:
+        asked.append(time.monotonic())
+        return original()
+
+    client.threads_running = counted  # type: ignore[method-assign]
+    reports = backfill(client, store).run()
+    assert sum(r.rows_purged for r in reports) == 6000
+    assert 1 <= len(asked) < 24, "asked before the first batch, then not before every batch"
+    assert all(later - earlier >= 0.5 for earlier, later in itertools.pairwise(asked))

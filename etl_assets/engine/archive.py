@@ -59,7 +59,6 @@ from etl_assets.resources.source import (
     SourceClient,
     describe_error,
     mysql_error_code,
-    throttle,
 )
 from etl_assets.resources.store import ObjectStore, StoreError
 
@@ -613,6 +612,10 @@ class ArchiveJob:
         deadline = started + self.settings.max_run_seconds if self.settings.max_run_seconds else None
         kept: dict[str, set[tuple[Any, ...]]] = {}
         progress = Progress(self.log, "purged", manifest.rows)
+        gate = self.source.throttle_gate(
+            max_threads_running=self.settings.max_threads_running,
+            max_replica_lag_seconds=self.settings.max_replica_lag_seconds,
+        )
         stopped = False
         with tempfile.TemporaryDirectory(prefix="etl-purge-") as tmp:
             for part in manifest.parts:
@@ -644,9 +647,7 @@ class ArchiveJob:
                         part_kept.update(key_tuples(batch, self.primary_key))
                         self.report.rows_kept_deadline += batch.num_rows
                         continue
-                    if not throttle(self.source, max_threads_running=self.settings.max_threads_running,
-                                    max_replica_lag_seconds=self.settings.max_replica_lag_seconds,
-                                    deadline=deadline, log=self.log):  # fmt: skip
+                    if not gate.passes(deadline, self.log):
                         stopped = True
                         part_kept.update(key_tuples(batch, self.primary_key))
                         self.report.rows_kept_deadline += batch.num_rows
