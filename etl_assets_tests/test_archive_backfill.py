@@ -215,6 +215,24 @@ def test_a_failing_log_sink_is_raised_when_the_block_ends_unless_the_block_faile
         failing_run()
 
 
+def test_lines_logged_before_a_failure_are_written_before_it_propagates() -> None:
+    written: list[str] = []
+
+    def slow_sink(message: str) -> None:
+        time.sleep(0.05)
+        written.append(message)
+
+    def failing_run() -> None:
+        with LogRelay(slow_sink) as log:
+            log("extracted January")
+            log("verification failed: part 1 is missing")
+            raise ArchiveError("verification failed, nothing was deleted")
+
+    with pytest.raises(ArchiveError):
+        failing_run()
+    assert written == ["extracted January", "verification failed: part 1 is missing"]
+
+
 def test_outside_its_block_the_relay_writes_at_once() -> None:
     written: list[str] = []
     log = LogRelay(written.append)
