@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import random
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -177,3 +177,14 @@ def month_keys(url: str, window: Window) -> set[int]:
         keys = {r[0] for r in rows}
     engine.dispose()
     return keys
+
+
+def wrap(target: Any, method: str, before: Callable[..., None]) -> None:
+    """Call `before(*args)` ahead of every call of `target.method` (on this instance only)."""
+    original = getattr(target, method)
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        before(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    setattr(target, method, wrapped)

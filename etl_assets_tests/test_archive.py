@@ -24,6 +24,7 @@ from etl_assets_tests.support import (
     month_keys,
     seed_visits,
     source_keys,
+    wrap,
 )
 
 pytestmark = pytest.mark.integration
@@ -257,13 +258,7 @@ def test_verification_failure_stops_before_any_delete(seeded: dict[str, Any], st
 def test_the_purge_reads_the_bytes_verification_read_back(seeded: dict[str, Any], store: Any) -> None:
     url = seeded["url"]
     downloads: list[str] = []
-    original = store.download
-
-    def counted(key: str, path: Any) -> None:
-        downloads.append(key)
-        original(key, path)
-
-    store.download = counted
+    wrap(store, "download", lambda key, path: downloads.append(key))
     report = make_job(url, store).run()
     assert report.rows_purged == report.rows_extracted == 2500
     staged = [key for key in downloads if "/_staging/" in key]
@@ -276,17 +271,14 @@ def test_a_verified_copy_changed_before_the_purge_stops_it_before_any_delete(
 ) -> None:
     url = seeded["url"]
     job = make_job(url, store)
-    original_finish = job.finish
 
-    def tamper_then_finish(manifest: Any) -> None:
+    def tamper(manifest: Any) -> None:
         # The local copy the purge will read loses a row (a disk fault, another process): the purge
         # re-checks count and key digest of what it reads and refuses.
         path = next(iter(job._verified_copies.values()))
-        table = pq.read_table(path)
-        pq.write_table(table.slice(1), path)
-        original_finish(manifest)
+        pq.write_table(pq.read_table(path).slice(1), path)
 
-    job.finish = tamper_then_finish  # type: ignore[method-assign]
+    wrap(job, "finish", tamper)
     with pytest.raises(ArchiveError, match="does not match what was extracted"):
         job.run()
     assert source_keys(url) == seeded["keys"], "not one row deleted"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from etl_assets_tests.support import (
     month_keys,
     seed_visits,
     source_keys,
+    wrap,
 )
 
 pytestmark = pytest.mark.integration
@@ -47,17 +48,6 @@ def store(s3_bucket: str) -> ObjectStore:
 
 def backfill(client: SourceClient, store: ObjectStore) -> ArchiveBackfill:
     return ArchiveBackfill(jobs=month_jobs(client, store, MONTHS, tables=TABLES))
-
-
-def wrap(target: Any, method: str, before: Callable[..., None]) -> None:
-    """Call `before(*args)` ahead of every call of `target.method` (on this instance only)."""
-    original = getattr(target, method)
-
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        before(*args, **kwargs)
-        return original(*args, **kwargs)
-
-    setattr(target, method, wrapped)
 
 
 def _is_month(key: str, month: str) -> bool:
@@ -285,13 +275,7 @@ def test_a_backfill_asks_the_source_for_its_load_at_most_twice_a_second(
 ) -> None:
     # Months of 2,000 rows in 250-row batches: 24 batches, each month's purge shorter than 0.5 s.
     asked: list[float] = []
-    original = client.threads_running
-
-    def counted() -> int | None:
-        asked.append(time.monotonic())
-        return original()
-
-    client.threads_running = counted  # type: ignore[method-assign]
+    wrap(client, "threads_running", lambda: asked.append(time.monotonic()))
     reports = backfill(client, store).run()
     assert sum(r.rows_purged for r in reports) == 6000
     assert 1 <= len(asked) < 24, "asked before the first batch, then not before every batch"
