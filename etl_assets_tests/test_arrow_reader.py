@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import UTC, datetime
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -81,6 +82,18 @@ def test_auto_falls_back_to_pymysql_when_the_url_needs_it_and_arrow_refuses(mysq
     strict.dispose()
 
 
+def _record_slice_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    queries: list[str] = []
+    real_read_slice = arrow_reader.read_slice
+
+    def recording_read_slice(url: str, query: str) -> pa.Table:
+        queries.append(query)
+        return real_read_slice(url, query)
+
+    monkeypatch.setattr(arrow_reader, "read_slice", recording_read_slice)
+    return queries
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("key_step", "by_key"), [(1, True), (2, True), (4, False)])
 def test_arrow_reader_reads_in_bounded_slices(
@@ -97,14 +110,7 @@ def test_arrow_reader_reads_in_bounded_slices(
             sa.text("SELECT COUNT(*) FROM visits WHERE updated_at < '2023-02-01'")
         ).scalar_one()
     engine.dispose()
-    queries: list[str] = []
-    real_read_slice = arrow_reader.read_slice
-
-    def recording_read_slice(url: str, query: str) -> pa.Table:
-        queries.append(query)
-        return real_read_slice(url, query)
-
-    monkeypatch.setattr(arrow_reader, "read_slice", recording_read_slice)
+    queries = _record_slice_queries(monkeypatch)
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("visits")
     batches, counter = client.stream_window(
@@ -186,3 +192,100 @@ def test_a_row_updated_between_two_slices_is_never_archived_twice_nor_lost(
         ).scalar_one()
     assert current == moved_to != first_time, "the update is kept"
     engine.dispose()
+
+
+DATED_DDL = """
+CREATE TABLE dated (
+    id INT PRIMARY KEY,
+    updated_at DATETIME NOT NULL,
+    seen DATE NULL,
+    booked DATETIME NULL,
+    KEY idx_dated_updated_at (updated_at)
+)
+"""
+
+
+def _seed_dated(url: str, invalid: dict[int, tuple[str, str]]) -> None:
+    """40 rows in January 2023 (ids 1..40); `invalid` sets (seen, booked) text of some ids."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP TABLE IF EXISTS dated")
+        conn.exec_driver_sql(DATED_DDL)
+        conn.exec_driver_sql(
+            "SET SESSION sql_mode = ''"
+        )  # zero dates exist only where a session allowed them
+        for i in range(1, 41):
+            seen, booked = invalid.get(i, (f"2022-12-{i % 28 + 1:02d}", f"2022-11-{i % 28 + 1:02d} 08:30:00"))
+            conn.execute(
+                sa.text("INSERT INTO dated VALUES (:i, :t, :seen, :booked)"),
+                {"i": i, "t": datetime(2023, 1, 1 + i % 28, 12), "seen": seen, "booked": booked},
+            )
+    engine.dispose()
+
+
+def _read_dated(url: str, reader: Any) -> tuple[pa.Table, dict[str, int], Any]:
+    client = SourceClient(url, reader=reader)
+    table = client.reflect("dated")
+    batches, counter = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=10
+    )
+    rows = pa.Table.from_batches(list(batches)).sort_by("id")
+    client.dispose()
+    return rows, dict(counter.invalid_by_column), counter
+
+
+@pytest.mark.integration
+def test_slices_without_invalid_dates_read_the_date_columns_unguarded(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plain read is the one sent; it yields exactly what the PyMySQL reader yields."""
+    _seed_dated(mysql_url, {})
+    queries = _record_slice_queries(monkeypatch)
+    fast, fast_invalid, counter = _read_dated(mysql_url, "arrow")
+    slow, slow_invalid, _ = _read_dated(mysql_url, "pymysql")
+    assert fast.num_rows == 40 and fast.equals(slow)
+    assert fast_invalid == slow_invalid == {}
+    assert not counter.guarded_dates and counter.reread_slices == 0
+    assert len(queries) == counter.slices == 4
+    assert not any("dayofmonth" in q.lower() for q in queries), "no slice needed the date guards"
+
+
+@pytest.mark.integration
+def test_a_zero_date_makes_its_slice_read_again_guarded_and_nothing_differs_from_pymysql(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zero dates panic connectorx: that slice is read again with the guards, and so is every later
+    slice of the table on that client. Year-0 dates decode without a panic and are nulled too."""
+    _seed_dated(
+        mysql_url,
+        {
+            5: ("0000-01-01", "2022-11-05 08:30:00"),  # year 0, valid month and day: no panic
+            25: ("0000-00-00", "2022-11-25 08:30:00"),
+            26: ("2022-12-26", "2024-00-12 10:00:00"),
+        },
+    )
+    queries = _record_slice_queries(monkeypatch)
+    client = SourceClient(mysql_url, reader="arrow")
+    table = client.reflect("dated")
+    first, counter = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=10
+    )
+    fast = pa.Table.from_batches(list(first)).sort_by("id")
+    slow, slow_invalid, _ = _read_dated(mysql_url, "pymysql")
+    assert fast.num_rows == 40 and fast.equals(slow), "the failed read left nothing behind"
+    assert dict(counter.invalid_by_column) == slow_invalid == {"seen": 2, "booked": 1}
+    by_id = {row["id"]: row for row in fast.to_pylist()}
+    assert by_id[5]["seen"] is None and by_id[25]["seen"] is None and by_id[26]["booked"] is None
+    assert by_id[24]["seen"] is not None and by_id[27]["booked"] is not None
+    guarded = ["dayofmonth" in q.lower() for q in queries]
+    assert guarded == [False, False, False, True, True], "slice 3 (ids 21-30) failed plain, was re-read"
+    assert counter.guarded_dates and counter.reread_slices == 1 and counter.slices == 4
+
+    queries.clear()
+    again, second = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=10
+    )
+    assert pa.Table.from_batches(list(again)).sort_by("id").equals(fast)
+    assert all("dayofmonth" in q.lower() for q in queries) and len(queries) == 4
+    assert second.reread_slices == 0, "a table known to hold zero dates is read guarded from the start"
+    client.dispose()

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from etl_assets.lib.schema import SourceColumn, SourceTable
 from etl_assets.lib.windows import Window, key_slices, pack_slices
 from etl_assets.resources.arrow_reader import (
     ArrowReaderUnavailable,
+    SliceSql,
     ZeroDateCounter,
     connectorx_url,
     select_expressions,
@@ -121,6 +123,8 @@ class SourceClient:
         # A lock's connection is checked from whichever thread deletes (a backfill purges in a helper
         # thread); an SQLAlchemy connection is not safe to use from two threads at once.
         self._lock_connection_guard = threading.Lock()
+        # The fast reader's zero-date counter of each table's latest window (`stream_window`).
+        self._date_counters: dict[str, ZeroDateCounter] = {}
         try:
             self.url = sa.make_url(url)
         except sa_exc.ArgumentError:
@@ -488,7 +492,11 @@ class SourceClient:
         fast_url = self._fast_reader_url()
         if fast_url is not None:
             queries = self._slice_queries(source, table, time_column, window, chunk_rows, stats)
-            counter = ZeroDateCounter()
+            # A table that held a zero date in one window likely holds more: its later windows read
+            # guarded dates from the start instead of failing a slice first (arrow_reader.py).
+            earlier = self._date_counters.get(source.name)
+            counter = ZeroDateCounter(guarded_dates=earlier is not None and earlier.guarded_dates)
+            self._date_counters[source.name] = counter
             return stream_slices(fast_url, queries, source.columns, schema, counter, chunk_rows), counter
         return self._stream(
             source, schema, chunk_rows, self._window_filter(table, source, time_column, window)
@@ -519,7 +527,7 @@ class SourceClient:
         window: Window,
         chunk_rows: int,
         stats: WindowStats | None,
-    ) -> Iterator[str]:
+    ) -> Iterator[SliceSql]:
         """One SELECT per slice of the window of at most `chunk_rows` rows, as literal SQL for connectorx.
 
         Two plans, both reading every row of the window exactly once:
@@ -531,8 +539,8 @@ class SourceClient:
           per row from the time index. `make bench`, 12 months of 42k rows: 2.2x the rows/s.
         - Time slices otherwise: whole hours, packed from an index-only count per hour of the window.
 
-        The plan is made now; each SELECT is rendered only when the reader gets to it, so a long window
-        holds its slice bounds, not its SQL. Only our own bounds are rendered as literals; identifiers
+        The plan is made now; each SELECT is rendered only when the reader gets to it (in the form it
+        asks for: plain or guarded date columns), so a long window holds its slice bounds, not its SQL. Only our own bounds are rendered as literals; identifiers
         are quoted by SQLAlchemy's MySQL dialect.
         """
         # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
@@ -549,24 +557,34 @@ class SourceClient:
             if _integer_key(source)
             else None
         )
+
+        def selects(hint: bool) -> dict[bool, Any]:
+            """The window's SELECT with guarded (True) and plain (False) date columns."""
+            forms = {}
+            for guard in (True, False):
+                stmt = sa.select(*select_expressions(table, source.columns, guard_dates=guard))
+                if hint:
+                    stmt = stmt.with_hint(table, "FORCE INDEX (PRIMARY)", dialect_name="mysql")
+                forms[guard] = stmt.where(window_filter)
+            return forms
+
         if key_ranges is not None:
             key = table.c[source.primary_key[0]]
-            by_key = (
-                sa.select(*select_expressions(table, source.columns))
-                .with_hint(table, "FORCE INDEX (PRIMARY)", dialect_name="mysql")
-                .where(window_filter)
+            by_key = selects(hint=True)
+            return (
+                partial(_render_slice, render, by_key, key.between(low, high)) for low, high in key_ranges
             )
-            return (render(by_key.where(key.between(low, high))) for low, high in key_ranges)
         tc = table.c[time_column]
         hour = sa.func.date_format(tc, "%Y-%m-%d %H:00:00")
         counts_sql = sa.select(hour, sa.func.count()).where(window_filter).group_by(hour)
         with self.engine.connect() as conn:
             counts = [(datetime.fromisoformat(str(h)), int(n)) for h, n in conn.execute(counts_sql)]
-        base = sa.select(*select_expressions(table, source.columns))
+        base = selects(hint=False)
         pieces = [piece for piece, _ in pack_slices(window, counts, chunk_rows)]
         del counts
         return (
-            render(base.where(self._window_filter(table, source, time_column, piece))) for piece in pieces
+            partial(_render_slice, render, base, self._window_filter(table, source, time_column, piece))
+            for piece in pieces
         )
 
     def stream_all(
@@ -898,6 +916,11 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day)  # noqa: DTZ001 - DATETIME is naive by design
     return None
+
+
+def _render_slice(render: Callable[[Any], str], forms: dict[bool, Any], where: Any, guard_dates: bool) -> str:
+    """A slice's SELECT (`SliceSql`): the window's statement in the asked form, narrowed by `where`."""
+    return render(forms[guard_dates].where(where))
 
 
 def _integer_key(source: SourceTable) -> bool:
