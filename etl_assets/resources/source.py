@@ -540,8 +540,9 @@ class SourceClient:
         - Time slices otherwise: whole hours, packed from an index-only count per hour of the window.
 
         The plan is made now; each SELECT is rendered only when the reader gets to it (in the form it
-        asks for: plain or guarded date columns), so a long window holds its slice bounds, not its SQL. Only our own bounds are rendered as literals; identifiers
-        are quoted by SQLAlchemy's MySQL dialect.
+        asks for: plain or guarded date columns), so a long window holds its slice bounds, not its
+        SQL. Only our own bounds are rendered as literals; identifiers are quoted by SQLAlchemy's
+        MySQL dialect.
         """
         # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
         literal_dialect = mysql_dialect.dialect(paramstyle="qmark")
