@@ -211,9 +211,8 @@ def _seed_dated(url: str, invalid: dict[int, tuple[str, str]]) -> None:
     with engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE IF EXISTS dated")
         conn.exec_driver_sql(DATED_DDL)
-        conn.exec_driver_sql(
-            "SET SESSION sql_mode = ''"
-        )  # zero dates exist only where a session allowed them
+        # Zero dates exist only where a session allowed them.
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")
         for i in range(1, 41):
             seen, booked = invalid.get(i, (f"2022-12-{i % 28 + 1:02d}", f"2022-11-{i % 28 + 1:02d} 08:30:00"))
             conn.execute(
