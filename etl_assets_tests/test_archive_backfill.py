@@ -54,6 +54,13 @@ def _is_month(key: str, month: str) -> bool:
     return f"/{month}/" in key and "/_staging/" in key
 
 
+def _committed_rows_by_partition(store: ObjectStore) -> dict[str, int]:
+    rows: dict[str, int] = {}
+    for manifest in committed(store):
+        rows[manifest.partition] = rows.get(manifest.partition, 0) + manifest.rows
+    return rows
+
+
 def test_month_is_purged_while_the_next_is_extracted(client: SourceClient, store: ObjectStore) -> None:
     january_extracting = threading.Event()
     december_deletes: list[tuple[str, bool]] = []
@@ -83,6 +90,9 @@ def test_month_is_purged_while_the_next_is_extracted(client: SourceClient, store
     assert len(archive) == len(set(archive)) and set(archive) == original
     assert sum(r.rows_purged for r in reports) == len(original)
     assert not [k for k in store.list("visits") if "/_staging/" in k]
+    assert {r.partition: r.committed_rows_in_partition for r in reports} == _committed_rows_by_partition(
+        store
+    )
 
 
 def test_a_failing_purge_stops_the_backfill_and_the_rerun_finishes_it(
@@ -115,6 +125,11 @@ def test_a_failing_purge_stops_the_backfill_and_the_rerun_finishes_it(
     assert source_keys(url) == set()
     assert len(archive) == len(set(archive)) and set(archive) == original
     assert any(r.recovered_runs for r in reports), "the rerun should roll January's verified staging forward"
+    # December was committed by the first run, January by the rerun's roll-forward, February by the rerun.
+    assert {r.partition: r.committed_rows_in_partition for r in reports} == _committed_rows_by_partition(
+        store
+    )
+    assert _committed_rows_by_partition(store) == {"2022-12-01": 2000, "2023-01-01": 2000, "2023-02-01": 2000}
 
 
 def test_a_failing_extraction_stops_the_purge_in_flight(

@@ -230,6 +230,8 @@ class ArchiveJob:
         # The bytes `_verify` read back, kept on local disk (at most one month's parts) for the purge.
         self._verified_dir: tempfile.TemporaryDirectory[str] | None = None
         self._verified_copies: dict[str, Path] = {}
+        # Rows in the committed folder when `extract_and_verify` listed it, and `report.rows_committed` then.
+        self._committed_rows_listed: tuple[int, int] | None = None
 
     # -- entry point ---------------------------------------------------------------------------------------
 
@@ -254,9 +256,15 @@ class ArchiveJob:
         self._started = time.monotonic()
         self._phase = "recovery of earlier runs"
         self._recover()
-        committed = self._committed_manifests()
+        # One listing serves both: no other run writes here (the table lock), and this run's purge
+        # thread commits other months meanwhile.
+        listed = self.store.list(self.layout.folder)
+        committed = self._committed_manifests(listed)
+        self._committed_rows_listed = (sum(m.rows for m in committed), self.report.rows_committed)
         # Before extracting, so a tampered or damaged partition is reported, never added to.
-        check_committed_partition(self.store, self.layout, committed, table=self.table.name)
+        check_committed_partition(
+            self.store, self.layout, committed, table=self.table.name, folder_keys=listed
+        )
         if not self.settings.purge and committed:
             self.report.message = (
                 f"partition {self.partition_key} is already archived by run(s) "
@@ -274,7 +282,15 @@ class ArchiveJob:
         """Fill in the report's closing counts and the partition's wall time."""
         self._phase = "the final counts"
         self.report.null_time_rows = self.source.count_null_time(self.source_table, self.time_column)
-        self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
+        if self._committed_rows_listed is None:
+            self.report.committed_rows_in_partition = sum(m.rows for m in self._committed_manifests())
+        else:
+            # What the folder held when this month listed it, plus what this month committed since:
+            # saves reading every manifest again (no other run writes here, see extract_and_verify).
+            listed_rows, committed_before = self._committed_rows_listed
+            self.report.committed_rows_in_partition = (
+                listed_rows + self.report.rows_committed - committed_before
+            )
         self.report.seconds = time.monotonic() - self._started
 
     def stop_purging(self) -> None:
@@ -318,9 +334,10 @@ class ArchiveJob:
             found.append((run_id, manifest))
         return found
 
-    def _committed_manifests(self) -> list[Manifest]:
+    def _committed_manifests(self, listed: Sequence[str] | None = None) -> list[Manifest]:
+        """The partition's committed manifests, from `listed` (the folder's listing) if given."""
         manifests = []
-        for key in self.store.list(self.layout.folder):
+        for key in self.store.list(self.layout.folder) if listed is None else listed:
             if key.startswith(self.layout.staging_folder):
                 continue
             if PartitionLayout.run_id_of_manifest(key) is not None:
@@ -387,8 +404,11 @@ class ArchiveJob:
             )
 
     def _recover(self) -> None:
+        staged = self._staging_manifests()
+        if not staged:
+            return  # nothing to recover: the committed folder need not be read
         committed_runs = {m.run_id for m in self._committed_manifests()}
-        for run_id, manifest in self._staging_manifests():
+        for run_id, manifest in staged:
             if run_id in committed_runs:
                 self.log(f"run {run_id} committed but did not clean up its staging; removing it")
                 self._remove_staging(run_id)
@@ -984,13 +1004,19 @@ def committed_manifests(store: ObjectStore, table: str, month: datetime) -> list
 
 
 def check_committed_partition(
-    store: ObjectStore, layout: PartitionLayout, manifests: Sequence[Manifest], *, table: str
+    store: ObjectStore,
+    layout: PartitionLayout,
+    manifests: Sequence[Manifest],
+    *,
+    table: str,
+    folder_keys: Sequence[str] | None = None,
 ) -> None:
     """Check that a committed partition's objects agree with its manifests, without reading Parquet.
 
     Each manifest's row count and key digest must be the sums of its parts'; every listed part must
     exist with the listed size (and SHA-256, where the store reports one); no `.parquet` object may sit
     in the partition's queryable folder unlisted (query engines would read it, restore would not).
+    `folder_keys` is the folder's listing where the caller has it; otherwise it is listed here.
 
     Raises:
         ArchiveError: naming the partition, every disagreement found and what to do.
@@ -1022,7 +1048,7 @@ def check_committed_partition(
             )
     unlisted = [
         k
-        for k in store.list(layout.folder)
+        for k in (store.list(layout.folder) if folder_keys is None else folder_keys)
         if is_queryable(k) and not k.startswith(layout.staging_folder) and k not in listed
     ]
     problems += [f"{store.url(k)} is in the queryable folder but in no committed manifest" for k in unlisted]
