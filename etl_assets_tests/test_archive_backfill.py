@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, LogRelay
+from etl_assets.resources import arrow_reader
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import ObjectStore, StoreError, open_store
 from etl_assets_tests.crash_child import BACKFILL_MONTHS, month_jobs
@@ -169,6 +170,114 @@ def test_a_failing_extraction_stops_the_purge_in_flight(
     archive = archived_keys(store)
     assert source_keys(url) == set()
     assert len(archive) == len(set(archive)) and set(archive) == original
+
+
+def _slice_readers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")}
+
+
+def _record_january_reads(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """An event set when the first slice of January's window starts being read."""
+    january_reading = threading.Event()
+    real_read_slice = arrow_reader.read_slice
+
+    def read_slice(url: str, query: str) -> Any:
+        if "updated_at >= '2023-01-01 00:00:00'" in query:
+            january_reading.set()
+        return real_read_slice(url, query)
+
+    monkeypatch.setattr(arrow_reader, "read_slice", read_slice)
+    return january_reading
+
+
+def test_the_next_month_is_read_while_the_month_before_uploads_its_last_part(
+    client: SourceClient, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    january_reading = _record_january_reads(monkeypatch)
+    december_puts: list[bool] = []
+
+    def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
+        if _is_month(key, "year=2022/month=12"):
+            # December's 2,000 rows are two parts. The first is uploaded while December still reads
+            # (January has not started); the last only after December's last row: by then January's
+            # first slice is being read. Without the early read this wait would time out.
+            last = len(december_puts) == 1
+            december_puts.append(january_reading.wait(timeout=15) if last else january_reading.is_set())
+
+    wrap(store, "put_file", on_put)
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+
+    reports = backfill(client, store).run()
+
+    assert december_puts == [False, True]
+    assert [r.rows_extracted for r in reports] == [2000, 2000, 2000]
+    archive = archived_keys(store)
+    assert len(archive) == len(set(archive)) and set(archive) == original and source_keys(url) == set()
+
+
+def test_a_read_started_before_its_months_roll_forward_is_not_used(
+    client: SourceClient, store: ObjectStore
+) -> None:
+    class Crash(Exception):
+        """Stands in for SIGKILL right after the run marked its staging verified."""
+
+    def crash_after_verify(message: str) -> None:
+        if message.startswith("verified "):
+            raise Crash(message)
+
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+    december = MONTHS[:1]
+    with pytest.raises(Crash):
+        month_jobs(client, store, december, tables=TABLES, log=crash_after_verify)[0].run()
+    assert source_keys(url) == original, "the crashed run died before its purge"
+
+    rerun = month_jobs(client, store, december, tables=TABLES)[0]
+    rerun.read_ahead()  # reads December's 2,000 rows, which rolling the crashed run forward purges
+    report = rerun.run()
+
+    assert len(report.recovered_runs) == 1
+    # Read again after the roll-forward: nothing left in December. The early read would have staged
+    # 2,000 rows that are gone from MySQL.
+    assert report.rows_extracted == 0 and report.rows_kept_changed == 0
+    assert report.committed_rows_in_partition == 2000, "the rolled-forward rows, counted once"
+    archive = archived_keys(store)
+    assert len(archive) == len(set(archive)) and len(archive) == 2000
+    assert set(archive) | source_keys(url) == original and set(archive).isdisjoint(source_keys(url))
+
+
+def test_a_failure_while_the_next_month_reads_ahead_leaves_no_reader_and_loses_nothing(
+    client: SourceClient, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    january_reading = _record_january_reads(monkeypatch)
+    readers_before = _slice_readers()
+    december_puts = itertools.count()
+
+    def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
+        if _is_month(key, "year=2022/month=12") and next(december_puts) == 1:
+            assert january_reading.wait(timeout=15)
+            raise StoreError("injected: the upload of December's last part failed")
+
+    wrap(store, "put_file", on_put)
+    url = client.engine.url.render_as_string(hide_password=False)
+    original = source_keys(url)
+
+    with pytest.raises(StoreError, match="injected"):
+        backfill(client, store).run()
+
+    # January's read was dropped with the run: its reader ends once the slice in flight is read.
+    deadline = time.monotonic() + 15
+    while _slice_readers() - readers_before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _slice_readers() - readers_before
+    assert source_keys(url) == original and archived_keys(store) == []
+
+    rerun_client = SourceClient(url)
+    backfill(rerun_client, store).run()
+    rerun_client.dispose()
+    archive = archived_keys(store)
+    assert source_keys(url) == set() and len(archive) == len(set(archive)) and set(archive) == original
 
 
 def test_log_lines_from_every_thread_are_written_by_one_writer_in_call_order() -> None:

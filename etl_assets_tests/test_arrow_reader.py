@@ -6,6 +6,8 @@ Exact values per MySQL type are proven for both readers by test_archive_types.py
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -121,6 +123,39 @@ def test_arrow_reader_reads_in_bounded_slices(
     assert isinstance(counter, arrow_reader.ZeroDateCounter) and counter.slices >= in_window // 300
     assert len(queries) == counter.slices
     assert all(("FORCE INDEX (PRIMARY)" in q and "BETWEEN" in q) == by_key for q in queries)
+    client.dispose()
+
+
+@pytest.mark.integration
+def test_the_first_slice_is_read_before_a_batch_is_asked_for_and_closing_ends_the_reader(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What lets a backfill start the next month's read early: the read begins with the stream."""
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=200)
+    reading = threading.Event()
+    real_read_slice = arrow_reader.read_slice
+
+    def read_slice(url: str, query: str) -> pa.Table:
+        reading.set()
+        return real_read_slice(url, query)
+
+    monkeypatch.setattr(arrow_reader, "read_slice", read_slice)
+    readers_before = {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")}
+    client = SourceClient(mysql_url, reader="arrow")
+    table = client.reflect("visits")
+    batches, _ = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=50
+    )
+    assert reading.wait(timeout=10), "no slice was read before the first batch was asked for"
+    batches.close()  # never iterated: the reader still ends
+
+    def readers_left() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")} - readers_before
+
+    deadline = time.monotonic() + 10
+    while readers_left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not readers_left()
     client.dispose()
 
 

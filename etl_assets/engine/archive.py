@@ -31,7 +31,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -57,6 +57,7 @@ from etl_assets.resources.source import (
     LockLostError,
     PurgeOutcome,
     SourceClient,
+    ZeroDateCounts,
     describe_error,
     mysql_error_code,
 )
@@ -179,6 +180,16 @@ def _split_at_part_ends(
             yield piece
 
 
+@dataclass(frozen=True)
+class _OpenRead:
+    """A month's read once started: its row count, its batches (the first slice already in flight)."""
+
+    rows: int
+    batches: Generator[pa.RecordBatch, None, None]
+    converter: ZeroDateCounts | None  # None when the window has no rows
+    seconds: float  # spent starting it (the count)
+
+
 class ArchiveJob:
     """Archive one monthly partition of one table."""
 
@@ -232,6 +243,11 @@ class ArchiveJob:
         self._verified_copies: dict[str, Path] = {}
         # Rows in the committed folder when `extract_and_verify` listed it, and `report.rows_committed` then.
         self._committed_rows_listed: tuple[int, int] | None = None
+        # This month's read, started early by `read_ahead`; `_extract` uses it or starts its own.
+        self._ahead: _OpenRead | None = None
+        # Called once every row of the window is read (a backfill starts the next month's read then,
+        # while this month writes, uploads and verifies its last rows).
+        self.on_rows_read: Callable[[], None] | None = None
 
     # -- entry point ---------------------------------------------------------------------------------------
 
@@ -266,6 +282,7 @@ class ArchiveJob:
             self.store, self.layout, committed, table=self.table.name, folder_keys=listed
         )
         if not self.settings.purge and committed:
+            self.drop_read_ahead()
             self.report.message = (
                 f"partition {self.partition_key} is already archived by run(s) "
                 f"{', '.join(m.run_id for m in committed)} and purge is off; nothing to do"
@@ -277,6 +294,29 @@ class ArchiveJob:
             self.report.message = self.report.message or "no rows to archive in this window"
             return None
         return self._verify(staged)
+
+    def read_ahead(self) -> None:
+        """Start reading this month now: its row count, and its first slice in the reader's thread.
+
+        A backfill calls it once the month before has read its last slice (while that month writes,
+        uploads and verifies its last rows), so this month does not start by waiting for its first. Safe because the backfill has rolled every
+        verified staging of the table forward (`recover_months_in_order`) and holds the table lock:
+        only this run deletes from the table until it ends, and a roll-forward of this month's
+        staging (`_recover`) drops a read started before it. A failure here is not raised: the month
+        then reads as usual and reports its own error.
+        """
+        if self._ahead is not None or self.source.dialect != "mysql":
+            return
+        try:
+            self._ahead = self._open_read()
+        except Exception:  # noqa: BLE001 - reported by the month's own read, in its own step
+            self._ahead = None
+
+    def drop_read_ahead(self) -> None:
+        """Drop a read started by `read_ahead` (the month reads again, or not at all)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.batches.close()
 
     def count_final(self) -> None:
         """Fill in the report's closing counts and the partition's wall time."""
@@ -417,6 +457,8 @@ class ArchiveJob:
                     f"rolling forward run {run_id}: its {manifest.rows:,} rows were verified in the store"
                 )
                 self.report.recovered_runs.append(run_id)
+                # It purges rows of this window: a read of the window started before it may hold them.
+                self.drop_read_ahead()
                 self.finish(manifest)
             else:
                 self.log(f"discarding unverified staging of run {run_id} (nothing was deleted by it)")
@@ -460,21 +502,38 @@ class ArchiveJob:
             repeated_key_hashes=repeated or [],
         )
 
-    def _extract(self) -> Manifest | None:
+    def _open_read(self) -> _OpenRead:
         started = time.monotonic()
         stats = self.source.window_stats(self.source_table, self.time_column, self.window)
-        expected = stats.rows
-        if expected == 0:
+        if stats.rows == 0:
+            batches: Generator[pa.RecordBatch, None, None] = (b for b in ())
+            converter: ZeroDateCounts | None = None
+        else:
+            batches, converter = self.source.stream_window(
+                self.source_table,
+                schema=self.schema,
+                time_column=self.time_column,
+                window=self.window,
+                chunk_rows=self.settings.chunk_rows,
+                stats=stats,
+                on_read=self._rows_read,
+            )
+        return _OpenRead(stats.rows, batches, converter, time.monotonic() - started)
+
+    def _rows_read(self) -> None:
+        hook, self.on_rows_read = self.on_rows_read, None
+        if hook is not None:
+            hook()
+
+    def _extract(self) -> Manifest | None:
+        ahead, self._ahead = self._ahead, None
+        # A read started early: its count is this month's time; its first slice was read meanwhile.
+        started = time.monotonic() - (ahead.seconds if ahead is not None else 0.0)
+        opened = ahead or self._open_read()
+        expected, batches, converter = opened.rows, opened.batches, opened.converter
+        if expected == 0 or converter is None:
             return None
         self.log(f"extracting ~{expected:,} rows of '{self.table.name}' in {self.window.label()}")
-        batches, converter = self.source.stream_window(
-            self.source_table,
-            schema=self.schema,
-            time_column=self.time_column,
-            window=self.window,
-            chunk_rows=self.settings.chunk_rows,
-            stats=stats,
-        )
         progress = Progress(self.log, "extracted", expected)
         parts: list[PartInfo] = []
         total = PkDigest()
@@ -523,6 +582,7 @@ class ArchiveJob:
                     progress.add(batch.num_rows)
                     if part_rows >= self.settings.part_rows:
                         close_part()
+            self._rows_read()  # if the reader did not call it already
             close_part()
         self.report.zero_dates_nulled += converter.invalid_dates
         self.report.rows_extracted += total.count
@@ -936,7 +996,13 @@ class ArchiveBackfill:
         ):
             first.recover_months_in_order()
             if self.overlap:
-                self._run_overlapped()
+                for job, following in zip(self.jobs, self.jobs[1:], strict=False):
+                    job.on_rows_read = following.read_ahead
+                try:
+                    self._run_overlapped()
+                finally:
+                    for job in self.jobs:
+                        job.drop_read_ahead()
             else:
                 for job in self.jobs:
                     with job.source_failures_explained():

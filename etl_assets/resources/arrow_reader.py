@@ -230,16 +230,22 @@ def stream_slices(
     schema: pa.Schema,
     counter: ZeroDateCounter,
     chunk_rows: int,
+    on_read: Callable[[], None] | None = None,
 ) -> Generator[pa.RecordBatch, None, None]:
     """Run the slice queries one after the other, yielding archive-schema batches of <= `chunk_rows`.
 
-    The next slice is read in a helper thread while the caller works on the current one (connectorx
-    lets go of the GIL while it reads), so the server sends rows while the caller compresses or
-    loads the ones before: at most two slices are in memory at once.
+    The first slice is read from the moment this is called, before the caller asks for a batch (the
+    archive starts the next month's read while it finishes the month before). Each next slice is
+    read in a helper thread while the caller works on the current one (connectorx lets go of the GIL
+    while it reads), so the server sends rows while the caller compresses or loads the ones before:
+    at most two slices are in memory at once. Closing the generator drops a read in flight.
 
     Slices are read with plain date columns until one cannot be decoded; that slice is read again
     with guarded dates, and so is every later one (`counter.guarded_dates`, which the caller may set
     beforehand). Nothing of a failed read is used: the slice's rows come from its second read only.
+
+    `on_read` is called (in the caller's thread) once the last slice has been read from the server,
+    before its rows are handed over.
     """
     release = PeriodicRelease()
     remaining = iter(queries)
@@ -253,30 +259,38 @@ def stream_slices(
         render = next(remaining, None)
         return None if render is None else read(render)
 
-    reading = read_next()
-    try:
-        while reading is not None:
-            render, future = reading
-            try:
-                table = future.result()
-            except UndecodableSlice:
-                if counter.guarded_dates or not can_guard:
-                    raise
-                counter.guarded_dates = True
-                counter.reread_slices += 1
-                reading = read(render)
-                continue
+    def batches() -> Generator[pa.RecordBatch | None, None, None]:
+        try:
             reading = read_next()
-            counter.slices += 1
-            batch = to_archive_batch(table, columns, schema, counter)
-            del table  # the slice's raw result goes before the next one is read
-            for offset in range(0, batch.num_rows, chunk_rows):
-                yield batch.slice(offset, chunk_rows)
-            del batch
-            # connectorx's threads free into their own malloc arenas; without a trim the freed pages stay
-            # mapped and RSS creeps up slice after slice (see memory.py).
-            release()
-    finally:
-        # Abandoned (a failed upload or load) or done: a read in flight finishes in the background and
-        # is dropped; nothing waits for it.
-        pool.shutdown(wait=False, cancel_futures=True)
+            yield None  # primed: the first read is in flight; closing the generator from here shuts the pool
+            while reading is not None:
+                render, future = reading
+                try:
+                    table = future.result()
+                except UndecodableSlice:
+                    if counter.guarded_dates or not can_guard:
+                        raise
+                    counter.guarded_dates = True
+                    counter.reread_slices += 1
+                    reading = read(render)
+                    continue
+                reading = read_next()
+                if reading is None and on_read is not None:
+                    on_read()
+                counter.slices += 1
+                batch = to_archive_batch(table, columns, schema, counter)
+                del table  # the slice's raw result goes before the next one is read
+                for offset in range(0, batch.num_rows, chunk_rows):
+                    yield batch.slice(offset, chunk_rows)
+                del batch
+                # connectorx's threads free into their own malloc arenas; without a trim the freed pages stay
+                # mapped and RSS creeps up slice after slice (see memory.py).
+                release()
+        finally:
+            # Abandoned (a failed upload or load) or done: a read in flight finishes in the background and
+            # is dropped; nothing waits for it.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    primed = batches()
+    next(primed)
+    return primed  # type: ignore[return-value] - after the primer it yields only batches

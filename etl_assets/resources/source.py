@@ -477,10 +477,13 @@ class SourceClient:
         window: Window,
         chunk_rows: int,
         stats: WindowStats | None = None,
+        on_read: Callable[[], None] | None = None,
     ) -> tuple[Generator[pa.RecordBatch, None, None], ZeroDateCounts]:
         """Rows of `window` as Arrow batches of at most `chunk_rows`.
 
         `stats` (from `window_stats`, if the caller has them already) saves the reader's own pass.
+        `on_read`, where the fast reader serves the source, is called once every row of the window
+        has been read from the server, before the last ones are handed over.
 
         On MySQL the fast reader (connectorx) reads the window in time slices of at most `chunk_rows`
         rows; otherwise (SQLite, `source.reader: pymysql`, URL options connectorx cannot honour) one
@@ -497,7 +500,8 @@ class SourceClient:
             earlier = self._date_counters.get(source.name)
             counter = ZeroDateCounter(guarded_dates=earlier is not None and earlier.guarded_dates)
             self._date_counters[source.name] = counter
-            return stream_slices(fast_url, queries, source.columns, schema, counter, chunk_rows), counter
+            batches = stream_slices(fast_url, queries, source.columns, schema, counter, chunk_rows, on_read)
+            return batches, counter
         return self._stream(
             source, schema, chunk_rows, self._window_filter(table, source, time_column, window)
         )
