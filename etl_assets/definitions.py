@@ -10,7 +10,7 @@ import dagster as dg
 
 from etl_assets.assets.archive import build_archive_asset
 from etl_assets.assets.replica import build_replica_asset
-from etl_assets.assets.source import build_source_asset, build_table_sizes_asset
+from etl_assets.assets.source import build_source_assets, build_table_sizes_asset
 from etl_assets.checks.replica import build_replica_checks
 from etl_assets.config import ProjectConfig, load_config
 from etl_assets.jobs import build_table_jobs
@@ -65,15 +65,19 @@ def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]
 
 def build_definitions(config: ProjectConfig) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor for `config`."""
-    assets: list[dg.AssetsDefinition] = [build_table_sizes_asset(config=config)]
+    assets: list[dg.AssetsDefinition] = [
+        build_table_sizes_asset(config=config),
+        build_source_assets(config=config),
+    ]
     checks: list[dg.AssetChecksDefinition] = []
     for table in config.tables:
-        assets.append(build_source_asset(config=config, table=table))
         if table.archive is not None:
             assets.append(build_archive_asset(config=config, table=table))
         if table.replica is not None:
             assets.append(build_replica_asset(config=config, table=table))
-            checks.extend(build_replica_checks(config=config, table=table))
+    replica_checks = build_replica_checks(config=config)
+    if replica_checks is not None:
+        checks.append(replica_checks)
     table_jobs = build_table_jobs(config=config)
     checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
     sensors = [s for s in (build_new_rows_sensor(config=config, jobs=table_jobs),) if s is not None]

@@ -19,6 +19,7 @@ import boto3
 import dagster as dg
 import pytest
 
+from etl_assets.assets.per_table import TableFailures
 from etl_assets.lib.alerts import (
     BODY_MAX_BYTES,
     SUBJECT_MAX,
@@ -547,6 +548,21 @@ def test_run_failure_sends_one_alert_with_the_redacted_error(sns_queue: tuple[st
         assert message["attributes"] == {"kind": "run_failed", "table": "visits", "source": "clinic"}
 
 
+def alert_on(
+    result: Any, defs: dg.Definitions, instance: dg.DagsterInstance, publisher: AlertPublisher
+) -> None:
+    """Invoke the run-failure sensor on the failed run of `result`."""
+    context = dg.build_run_status_sensor_context(
+        sensor_name=RUN_FAILURE_SENSOR,
+        dagster_event=result.get_run_failure_event(),
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        resources={"alerts": publisher},
+        repository_def=defs.get_repository_def(),
+    ).for_run_failure()
+    defs.resolve_sensor_def(RUN_FAILURE_SENSOR)(context)
+
+
 @integration
 def test_run_failure_sensor_invoked_directly(sns_queue: tuple[str, str]) -> None:
     topic_arn, queue_url = sns_queue
@@ -556,18 +572,38 @@ def test_run_failure_sensor_invoked_directly(sns_queue: tuple[str, str]) -> None
         result = dg.materialize(
             [archive_visits], instance=instance, partition_key="2024-02-01", raise_on_error=False
         )
-        context = dg.build_run_status_sensor_context(
-            sensor_name=RUN_FAILURE_SENSOR,
-            dagster_event=result.get_run_failure_event(),
-            dagster_instance=instance,
-            dagster_run=result.dagster_run,
-            resources={"alerts": publisher},
-            repository_def=defs.get_repository_def(),
-        ).for_run_failure()
-        defs.resolve_sensor_def(RUN_FAILURE_SENSOR)(context)
+        alert_on(result, defs, instance, publisher)
         [message] = received(queue_url)
         assert message["body"]["partition"] == "2024-02-01"
         assert "u:***@host" in message["body"]["error"]
+
+
+@integration
+def test_a_step_serving_many_tables_alerts_the_tables_that_failed(sns_queue: tuple[str, str]) -> None:
+    topic_arn, queue_url = sns_queue
+    publisher = AlertPublisher(sns_topic_arn=topic_arn, ui_url=UI)
+    specs = [dg.AssetSpec(["source", name], tags={"etl_assets/table": name}) for name in ("orders", "visits")]
+
+    @dg.multi_observable_source_asset(specs=specs, name="observe_sources")
+    def observe_sources() -> Iterator[dg.ObserveResult]:
+        failures = TableFailures(doing="observing the source tables", of_total=2)
+        failures.run("table 'orders'", lambda: int("not a number"))
+        yield dg.ObserveResult(asset_key=specs[1].key)
+        failures.raise_if_any()
+
+    defs = dg.Definitions(
+        assets=[observe_sources],
+        sensors=build_alert_sensors(source_name="clinic"),
+        resources={"alerts": publisher},
+    )
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_implicit_job_def_def_for_assets([specs[0].key])
+        assert job is not None
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        alert_on(result, defs, instance, publisher)
+    [message] = received(queue_url)
+    assert message["body"]["tables"] == ["orders"], "visits was observed: only orders failed"
+    assert "failed for 1 of 2" in message["body"]["error"] and "table 'orders'" in message["body"]["error"]
 
 
 @integration

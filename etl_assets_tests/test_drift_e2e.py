@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from etl_assets.cli import main as cli_main
 from etl_assets.definitions import build_definitions
+from etl_assets.sensors.alerts import error_text
 from etl_assets_tests.support import VISITS_DDL, config_for, seed_visits, source_keys
 
 pytestmark = pytest.mark.integration
@@ -140,3 +141,57 @@ def test_evolve_adds_the_column_to_the_replica_and_keeps_loading(two_tables: dic
         ).scalar_one()
     engine.dispose()
     assert value == "AOK"
+
+
+# -- one step for every table: a table that fails does not stop the others ---------------------------------
+
+
+def test_one_step_observes_every_table_and_a_failing_table_does_not_stop_the_others(
+    two_tables: dict[str, Any],
+) -> None:
+    # A primary key naming a column the table lacks: orders cannot be observed.
+    tables = "\n  - name: visits\n  - name: orders\n    primary_key: [no_such_column]\n"
+    defs = build_definitions(config_for(source_url=two_tables["url"], tables=tables))
+    visits, orders = dg.AssetKey(["source", "visits"]), dg.AssetKey(["source", "orders"])
+    assert defs.resolve_assets_def(visits).node_def.name == defs.resolve_assets_def(orders).node_def.name
+
+    job = defs.resolve_implicit_job_def_def_for_assets([visits, orders])
+    assert job is not None
+    result = job.execute_in_process(asset_selection=[visits, orders], raise_on_error=False)
+
+    assert not result.success
+    observed = [e.asset_key for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"]
+    assert observed == [visits], "visits is observed although orders failed before it"
+    checks = {(e.asset_key, e.check_name) for e in result.get_asset_check_evaluations()}
+    assert checks == {(visits, "schema_drift")}
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message, _ = error_text(failure.event_specific_data.error)  # type: ignore[union-attr] - what the alert says
+    assert "failed for 1 of 2" in message and "table 'orders'" in message and "no_such_column" in message
+    assert "table 'visits'" not in message
+
+
+def test_one_step_runs_every_replica_check_and_a_failing_check_does_not_stop_the_others(
+    two_tables: dict[str, Any],
+) -> None:
+    config = two_tables["config"]
+    config.contract_path(config.table("orders")).write_text("{not json", encoding="utf-8")
+    defs = build_definitions(config)
+    names = ("replica_row_count", "replica_schema", "replica_freshness")
+    selected = [
+        dg.AssetCheckKey(dg.AssetKey(["replica", t]), name) for t in ("visits", "orders") for name in names
+    ]
+    checks_only = dg.define_asset_job("replica_checks_only", selection=dg.AssetSelection.checks(*selected))
+    job = dg.Definitions.merge(defs, dg.Definitions(jobs=[checks_only])).resolve_job_def(
+        "replica_checks_only"
+    )
+
+    result = job.execute_in_process(raise_on_error=False)
+
+    assert not result.success
+    evaluated = {(e.asset_key.path[-1], e.check_name) for e in result.get_asset_check_evaluations()}
+    # Five of the six report (the replicas are not loaded yet: each says so); orders' schema check
+    # cannot read its contract, and the step names it.
+    assert evaluated == {(t, n) for t in ("visits", "orders") for n in names} - {("orders", "replica_schema")}
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message, _ = error_text(failure.event_specific_data.error)  # type: ignore[union-attr] - what the alert says
+    assert "failed for 1 of 6" in message and "check replica_schema of table 'orders'" in message

@@ -10,10 +10,11 @@ from typing import Any
 import dagster as dg
 
 from etl_assets.assets.naming import SCHEMA_DRIFT_CHECK, source_key, source_kind, table_tags
+from etl_assets.assets.per_table import TableFailures
 from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.engine.gate import check_drift
 from etl_assets.lib.schema import SourceTable
-from etl_assets.resources.source import SourceDatabase, SourceError, TableSize
+from etl_assets.resources.source import SourceClient, SourceDatabase, SourceError, TableSize
 
 # Tables with fewer rows (by InnoDB's estimate) get an exact COUNT(*) in their observation.
 EXACT_ROW_COUNT_BELOW = 1_000_000
@@ -34,24 +35,28 @@ def column_schema(table: SourceTable) -> dg.TableSchema:
     )
 
 
-def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.AssetsDefinition:
-    """The observable `source/<table>` asset."""
-    spec = dg.AssetSpec(
-        key=source_key(table),
-        description=table.description
-        or f"The live `{table.name}` table in the source database (observed, never written).",
-        group_name=config.source.group_name,
-        kinds={source_kind(config)},
-        owners=table.owners,
-        tags=table_tags(config, table),
-        metadata={"dagster/table_name": f"{config.source.group_name}.{table.name}"},
-    )
+def build_source_assets(*, config: ProjectConfig) -> dg.AssetsDefinition:
+    """The observable `source/<table>` assets of every table, observed by one step (`per_table.py`).
 
-    @dg.multi_observable_source_asset(
-        specs=[spec],
-        name=f"observe_source__{table.asset_name}",
-        required_resource_keys={"source"},
-        check_specs=[
+    Observing a table records its column schema, row count and newest time value, and evaluates its
+    `schema_drift` check. A run may select any of the tables (the UI's "Observe" on one asset selects
+    one); a table that fails to be observed does not stop the others, and the step then fails naming it.
+    """
+    specs: dict[dg.AssetKey, tuple[TableConfig, dg.AssetSpec]] = {}
+    check_specs: list[dg.AssetCheckSpec] = []
+    for table in config.tables:
+        spec = dg.AssetSpec(
+            key=source_key(table),
+            description=table.description
+            or f"The live `{table.name}` table in the source database (observed, never written).",
+            group_name=config.source.group_name,
+            kinds={source_kind(config)},
+            owners=table.owners,
+            tags=table_tags(config, table),
+            metadata={"dagster/table_name": f"{config.source.group_name}.{table.name}"},
+        )
+        specs[spec.key] = (table, spec)
+        check_specs.append(
             dg.AssetCheckSpec(
                 SCHEMA_DRIFT_CHECK,
                 asset=spec.key,
@@ -60,46 +65,72 @@ def build_source_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asset
                     f"`{config.contract_path(table).name}`; archive and replica runs refuse while it does not."
                 ),
             )
-        ],
-    )
-    def _observe(context: dg.AssetExecutionContext):
-        client = context.resources.source.open()
-        reflected: SourceTable | None = None
-        rows, newest, exact = 0, None, True
-        try:
-            live = client.reflect(table.name, primary_key=table.primary_key)
-            reflected = live
-            rows = client.estimated_rows(table.name)
-            # InnoDB's TABLE_ROWS is an estimate (off by a few rows, or by 10 % and more); below this
-            # size an exact COUNT(*) is cheap, so the UI shows the true number.
-            exact = rows < EXACT_ROW_COUNT_BELOW
-            if exact:
-                rows = client.row_count(table.name)
-            if live.has_column(table.time_column):
-                newest = client.max_time(live, table.time_column)
-        except SourceError as exc:
-            if client.table_exists(table.name):
-                raise
-            context.log.error(str(exc))
-        finally:
-            client.dispose()
-        metadata: dict[str, Any] = {"time_column": table.time_column}
-        if reflected is not None:
-            metadata |= {
-                "dagster/column_schema": column_schema(reflected),
-                "dagster/row_count": rows,
-                "row_count_is_estimate": not exact,
-                "primary_key": ", ".join(reflected.primary_key) or "(none)",
-                "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
-            }
-        yield dg.ObserveResult(
-            asset_key=spec.key,
-            metadata=metadata,
-            data_version=dg.DataVersion(f"{rows}:{newest.isoformat() if newest else ''}"),
-            check_results=[drift_check_result(config=config, table=table, live=reflected)],
         )
 
+    @dg.multi_observable_source_asset(
+        specs=[spec for _, spec in specs.values()],
+        name="observe_sources",
+        description="Observe the source tables: schema, row count, newest time value and schema drift.",
+        required_resource_keys={"source"},
+        check_specs=check_specs,
+        can_subset=True,
+    )
+    def _observe(context: dg.AssetExecutionContext):
+        selected = sorted(context.selected_asset_keys, key=lambda key: key.to_user_string())
+        failures = TableFailures(doing="observing the source tables", of_total=len(selected))
+        client = context.resources.source.open()
+        try:
+            for key in selected:
+                table = specs[key][0]
+                observed = failures.run(
+                    f"table '{table.name}'", _observe_table, context, client, config, table
+                )
+                if observed is not None:
+                    yield observed
+        finally:
+            client.dispose()
+        failures.raise_if_any()
+
     return _observe
+
+
+def _observe_table(
+    context: dg.AssetExecutionContext, client: SourceClient, config: ProjectConfig, table: TableConfig
+) -> dg.ObserveResult:
+    """One table's observation and its `schema_drift` result."""
+    reflected: SourceTable | None = None
+    rows, newest, exact = 0, None, True
+    try:
+        live = client.reflect(table.name, primary_key=table.primary_key)
+        reflected = live
+        rows = client.estimated_rows(table.name)
+        # InnoDB's TABLE_ROWS is an estimate (off by a few rows, or by 10 % and more); below this
+        # size an exact COUNT(*) is cheap, so the UI shows the true number.
+        exact = rows < EXACT_ROW_COUNT_BELOW
+        if exact:
+            rows = client.row_count(table.name)
+        if live.has_column(table.time_column):
+            newest = client.max_time(live, table.time_column)
+    except SourceError as exc:
+        if client.table_exists(table.name):
+            raise
+        context.log.error(str(exc))  # the table is gone: schema_drift reports it
+    metadata: dict[str, Any] = {"time_column": table.time_column}
+    if reflected is not None:
+        metadata |= {
+            "dagster/column_schema": column_schema(reflected),
+            "dagster/row_count": rows,
+            "row_count_is_estimate": not exact,
+            "primary_key": ", ".join(reflected.primary_key) or "(none)",
+            "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
+        }
+    key = source_key(table)
+    return dg.ObserveResult(
+        asset_key=key,
+        metadata=metadata,
+        data_version=dg.DataVersion(f"{rows}:{newest.isoformat() if newest else ''}"),
+        check_results=[drift_check_result(config=config, table=table, live=reflected)],
+    )
 
 
 def drift_check_result(
@@ -110,6 +141,7 @@ def drift_check_result(
     diff = check_drift(config=config, table=table, live=live)
     if diff is None:
         return dg.AssetCheckResult(
+            asset_key=source_key(table),
             check_name=SCHEMA_DRIFT_CHECK,
             passed=False,
             severity=dg.AssetCheckSeverity.WARN,
@@ -118,6 +150,7 @@ def drift_check_result(
         )
     blocks = diff.blocks(table.on_drift)
     return dg.AssetCheckResult(
+        asset_key=source_key(table),
         check_name=SCHEMA_DRIFT_CHECK,
         passed=not diff.has_drift,
         severity=dg.AssetCheckSeverity.ERROR if blocks or not diff.has_drift else dg.AssetCheckSeverity.WARN,

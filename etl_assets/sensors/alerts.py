@@ -103,7 +103,7 @@ def build_run_failure_alert(context: dg.RunFailureSensorContext, *, source_name:
         run_id=run.run_id,
         step_key=failed_steps[0] if failed_steps else None,
         error=error,
-        tables=run_tables(context.repository_def, run, failed_steps),
+        tables=run_tables(context.repository_def, run, failed_steps, error=error),
         partition=run_partition(run.tags),
         ui_url=ui_url,
         source_name=source_name,
@@ -141,9 +141,16 @@ def run_partition(tags: Mapping[str, str]) -> str | None:
 
 
 def run_tables(
-    repository: dg.RepositoryDefinition | None, run: dg.DagsterRun, failed_steps: Sequence[str]
+    repository: dg.RepositoryDefinition | None,
+    run: dg.DagsterRun,
+    failed_steps: Sequence[str],
+    *,
+    error: str = "",
 ) -> list[str]:
-    """Tables (`etl_assets/table` tags) of the failed steps' assets, else of the run's selection."""
+    """Tables (`etl_assets/table` tags) of the failed steps' assets, else of the run's selection.
+
+    A step that serves many tables (observing the sources, the replica checks) names the tables that
+    failed in its `error` (`table 'visits': ...`); then only those are reported."""
     if repository is None:
         return []
     graph = repository.asset_graph
@@ -158,7 +165,9 @@ def run_tables(
     if not keys:
         keys.extend(run.asset_selection or ())
         keys.extend(check_key.asset_key for check_key in run.asset_check_selection or ())
-    return _tables_of(graph, keys)
+    tables = _tables_of(graph, keys)
+    named = [table for table in tables if f"table '{table}'" in error]
+    return named or tables
 
 
 def _tables_of(graph: Any, keys: Iterable[dg.AssetKey]) -> list[str]:
