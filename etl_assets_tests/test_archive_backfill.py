@@ -173,7 +173,8 @@ def test_a_failing_extraction_stops_the_purge_in_flight(
 
 
 def _slice_readers() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")}
+    """The threads that read slices, or start a month's read early."""
+    return {t for t in threading.enumerate() if t.name.startswith(("etl-slice-reader", "etl-read-ahead"))}
 
 
 def _record_january_reads(monkeypatch: pytest.MonkeyPatch) -> threading.Event:

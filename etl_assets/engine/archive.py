@@ -187,7 +187,11 @@ class _OpenRead:
     rows: int
     batches: Generator[pa.RecordBatch, None, None]
     converter: ZeroDateCounts | None  # None when the window has no rows
-    seconds: float  # spent starting it (the count)
+
+
+def _close_read(started: Future[_OpenRead]) -> None:
+    if not started.cancelled() and started.exception() is None:
+        started.result().batches.close()
 
 
 class ArchiveJob:
@@ -244,7 +248,7 @@ class ArchiveJob:
         # Rows in the committed folder when `extract_and_verify` listed it, and `report.rows_committed` then.
         self._committed_rows_listed: tuple[int, int] | None = None
         # This month's read, started early by `read_ahead`; `_extract` uses it or starts its own.
-        self._ahead: _OpenRead | None = None
+        self._ahead: Future[_OpenRead] | None = None
         # Called once every row of the window is read (a backfill starts the next month's read then,
         # while this month writes, uploads and verifies its last rows).
         self.on_rows_read: Callable[[], None] | None = None
@@ -296,27 +300,27 @@ class ArchiveJob:
         return self._verify(staged)
 
     def read_ahead(self) -> None:
-        """Start reading this month now: its row count, and its first slice in the reader's thread.
+        """Start reading this month now, in a helper thread: its row count, then its first slice.
 
         A backfill calls it once the month before has read its last slice (while that month writes,
-        uploads and verifies its last rows), so this month does not start by waiting for its first. Safe because the backfill has rolled every
-        verified staging of the table forward (`recover_months_in_order`) and holds the table lock:
-        only this run deletes from the table until it ends, and a roll-forward of this month's
-        staging (`_recover`) drops a read started before it. A failure here is not raised: the month
-        then reads as usual and reports its own error.
+        uploads and verifies its last rows), so this month does not start by waiting for its first.
+        Safe because the backfill has rolled every verified staging of the table forward
+        (`recover_months_in_order`) and holds the table lock: only this run deletes from the table
+        until it ends, and a roll-forward of this month's staging (`_recover`) drops a read started
+        before it. A failure of the early read is not raised: the month reads again when its turn
+        comes and reports its own error.
         """
         if self._ahead is not None or self.source.dialect != "mysql":
             return
-        try:
-            self._ahead = self._open_read()
-        except Exception:  # noqa: BLE001 - reported by the month's own read, in its own step
-            self._ahead = None
+        starter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="etl-read-ahead")
+        self._ahead = starter.submit(self._open_read)
+        starter.shutdown(wait=False)  # the thread ends once the read is started
 
     def drop_read_ahead(self) -> None:
         """Drop a read started by `read_ahead` (the month reads again, or not at all)."""
         ahead, self._ahead = self._ahead, None
         if ahead is not None:
-            ahead.batches.close()
+            ahead.add_done_callback(_close_read)  # now, or when the helper thread has started it
 
     def count_final(self) -> None:
         """Fill in the report's closing counts and the partition's wall time."""
@@ -503,7 +507,6 @@ class ArchiveJob:
         )
 
     def _open_read(self) -> _OpenRead:
-        started = time.monotonic()
         stats = self.source.window_stats(self.source_table, self.time_column, self.window)
         if stats.rows == 0:
             batches: Generator[pa.RecordBatch, None, None] = (b for b in ())
@@ -518,7 +521,7 @@ class ArchiveJob:
                 stats=stats,
                 on_read=self._rows_read,
             )
-        return _OpenRead(stats.rows, batches, converter, time.monotonic() - started)
+        return _OpenRead(stats.rows, batches, converter)
 
     def _rows_read(self) -> None:
         hook, self.on_rows_read = self.on_rows_read, None
@@ -526,10 +529,14 @@ class ArchiveJob:
             hook()
 
     def _extract(self) -> Manifest | None:
+        started = time.monotonic()
         ahead, self._ahead = self._ahead, None
-        # A read started early: its count is this month's time; its first slice was read meanwhile.
-        started = time.monotonic() - (ahead.seconds if ahead is not None else 0.0)
-        opened = ahead or self._open_read()
+        opened: _OpenRead | None = None
+        if ahead is not None:
+            with contextlib.suppress(Exception):  # read again below, raising in this month's step
+                opened = ahead.result()
+        if opened is None:
+            opened = self._open_read()
         expected, batches, converter = opened.rows, opened.batches, opened.converter
         if expected == 0 or converter is None:
             return None
