@@ -5,17 +5,22 @@ from __future__ import annotations
 import io
 import random
 import socket
+import threading
+import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 import sqlalchemy as sa
 
 from etl_assets.config import ProjectConfig, parse_config
 from etl_assets.lib.layout import is_queryable
 from etl_assets.lib.manifest import Manifest
 from etl_assets.lib.windows import Window
+from etl_assets.resources import arrow_reader
 from etl_assets.resources.store import ObjectStore
 
 VISITS_DDL = """
@@ -177,6 +182,34 @@ def month_keys(url: str, window: Window) -> set[int]:
         keys = {r[0] for r in rows}
     engine.dispose()
     return keys
+
+
+def record_slice_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every query the fast reader sends (`arrow_reader.read_slice`), appended as it is sent."""
+    queries: list[str] = []
+    real_read_slice = arrow_reader.read_slice
+
+    def recording_read_slice(url: str, query: str) -> pa.Table:
+        queries.append(query)
+        return real_read_slice(url, query)
+
+    monkeypatch.setattr(arrow_reader, "read_slice", recording_read_slice)
+    return queries
+
+
+def wait_for(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll `condition` until it is true or `timeout` seconds passed; whether it became true."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def slice_readers() -> set[threading.Thread]:
+    """The threads that read slices, or start a month's read early."""
+    return {t for t in threading.enumerate() if t.name.startswith(("etl-slice-reader", "etl-read-ahead"))}
 
 
 def wrap(target: Any, method: str, before: Callable[..., None]) -> None:

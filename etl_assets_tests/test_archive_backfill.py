@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, LogRelay
-from etl_assets.resources import arrow_reader
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import ObjectStore, StoreError, open_store
 from etl_assets_tests.crash_child import BACKFILL_MONTHS, month_jobs
@@ -20,8 +19,11 @@ from etl_assets_tests.support import (
     committed,
     execute_sql,
     month_keys,
+    record_slice_queries,
     seed_visits,
+    slice_readers,
     source_keys,
+    wait_for,
     wrap,
 )
 
@@ -172,29 +174,15 @@ def test_a_failing_extraction_stops_the_purge_in_flight(
     assert len(archive) == len(set(archive)) and set(archive) == original
 
 
-def _slice_readers() -> set[threading.Thread]:
-    """The threads that read slices, or start a month's read early."""
-    return {t for t in threading.enumerate() if t.name.startswith(("etl-slice-reader", "etl-read-ahead"))}
-
-
-def _record_january_reads(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
-    """An event set when the first slice of January's window starts being read."""
-    january_reading = threading.Event()
-    real_read_slice = arrow_reader.read_slice
-
-    def read_slice(url: str, query: str) -> Any:
-        if "updated_at >= '2023-01-01 00:00:00'" in query:
-            january_reading.set()
-        return real_read_slice(url, query)
-
-    monkeypatch.setattr(arrow_reader, "read_slice", read_slice)
-    return january_reading
+def _reads_january(queries: list[str]) -> Callable[[], bool]:
+    """Whether the first slice of January's window has been sent (`record_slice_queries`)."""
+    return lambda: any("updated_at >= '2023-01-01 00:00:00'" in query for query in queries)
 
 
 def test_the_next_month_is_read_while_the_month_before_uploads_its_last_part(
     client: SourceClient, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    january_reading = _record_january_reads(monkeypatch)
+    january_reading = _reads_january(record_slice_queries(monkeypatch))
     december_puts: list[bool] = []
 
     def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
@@ -203,7 +191,7 @@ def test_the_next_month_is_read_while_the_month_before_uploads_its_last_part(
             # (January has not started); the last only after December's last row: by then January's
             # first slice is being read. Without the early read this wait would time out.
             last = len(december_puts) == 1
-            december_puts.append(january_reading.wait(timeout=15) if last else january_reading.is_set())
+            december_puts.append(wait_for(january_reading, 15) if last else january_reading())
 
     wrap(store, "put_file", on_put)
     url = client.engine.url.render_as_string(hide_password=False)
@@ -251,13 +239,13 @@ def test_a_read_started_before_its_months_roll_forward_is_not_used(
 def test_a_failure_while_the_next_month_reads_ahead_leaves_no_reader_and_loses_nothing(
     client: SourceClient, store: ObjectStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    january_reading = _record_january_reads(monkeypatch)
-    readers_before = _slice_readers()
+    january_reading = _reads_january(record_slice_queries(monkeypatch))
+    readers_before = slice_readers()
     december_puts = itertools.count()
 
     def on_put(key: str, *_args: Any, **_kwargs: Any) -> None:
         if _is_month(key, "year=2022/month=12") and next(december_puts) == 1:
-            assert january_reading.wait(timeout=15)
+            assert wait_for(january_reading, 15)
             raise StoreError("injected: the upload of December's last part failed")
 
     wrap(store, "put_file", on_put)
@@ -268,10 +256,7 @@ def test_a_failure_while_the_next_month_reads_ahead_leaves_no_reader_and_loses_n
         backfill(client, store).run()
 
     # January's read was dropped with the run: its reader ends once the slice in flight is read.
-    deadline = time.monotonic() + 15
-    while _slice_readers() - readers_before and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _slice_readers() - readers_before
+    assert wait_for(lambda: not slice_readers() - readers_before, 15)
     assert source_keys(url) == original and archived_keys(store) == []
 
     rerun_client = SourceClient(url)

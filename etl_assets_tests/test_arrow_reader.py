@@ -6,8 +6,6 @@ Exact values per MySQL type are proven for both readers by test_archive_types.py
 from __future__ import annotations
 
 import itertools
-import threading
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +19,15 @@ from etl_assets.resources import arrow_reader
 from etl_assets.resources.arrow_reader import ArrowReaderUnavailable, connectorx_url
 from etl_assets.resources.source import SourceClient, SourceError
 from etl_assets.resources.store import open_store
-from etl_assets_tests.support import archived_keys, committed, seed_visits, source_keys
+from etl_assets_tests.support import (
+    archived_keys,
+    committed,
+    record_slice_queries,
+    seed_visits,
+    slice_readers,
+    source_keys,
+    wait_for,
+)
 from etl_assets_tests.test_archive import JAN_2023, make_job
 
 DAY = Window(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
@@ -84,18 +90,6 @@ def test_auto_falls_back_to_pymysql_when_the_url_needs_it_and_arrow_refuses(mysq
     strict.dispose()
 
 
-def _record_slice_queries(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    queries: list[str] = []
-    real_read_slice = arrow_reader.read_slice
-
-    def recording_read_slice(url: str, query: str) -> pa.Table:
-        queries.append(query)
-        return real_read_slice(url, query)
-
-    monkeypatch.setattr(arrow_reader, "read_slice", recording_read_slice)
-    return queries
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize(("key_step", "by_key"), [(1, True), (2, True), (4, False)])
 def test_arrow_reader_reads_in_bounded_slices(
@@ -112,7 +106,7 @@ def test_arrow_reader_reads_in_bounded_slices(
             sa.text("SELECT COUNT(*) FROM visits WHERE updated_at < '2023-02-01'")
         ).scalar_one()
     engine.dispose()
-    queries = _record_slice_queries(monkeypatch)
+    queries = record_slice_queries(monkeypatch)
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("visits")
     batches, counter = client.stream_window(
@@ -132,30 +126,16 @@ def test_the_first_slice_is_read_before_a_batch_is_asked_for_and_closing_ends_th
 ) -> None:
     """What lets a backfill start the next month's read early: the read begins with the stream."""
     seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=200)
-    reading = threading.Event()
-    real_read_slice = arrow_reader.read_slice
-
-    def read_slice(url: str, query: str) -> pa.Table:
-        reading.set()
-        return real_read_slice(url, query)
-
-    monkeypatch.setattr(arrow_reader, "read_slice", read_slice)
-    readers_before = {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")}
+    queries = record_slice_queries(monkeypatch)
+    readers_before = slice_readers()
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("visits")
     batches, _ = client.stream_window(
         table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=50
     )
-    assert reading.wait(timeout=10), "no slice was read before the first batch was asked for"
+    assert wait_for(lambda: queries, 10), "no slice was read before the first batch was asked for"
     batches.close()  # never iterated: the reader still ends
-
-    def readers_left() -> set[threading.Thread]:
-        return {t for t in threading.enumerate() if t.name.startswith("etl-slice-reader")} - readers_before
-
-    deadline = time.monotonic() + 10
-    while readers_left() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not readers_left()
+    assert wait_for(lambda: not slice_readers() - readers_before, 10)
     client.dispose()
 
 
@@ -274,7 +254,7 @@ def test_slices_without_invalid_dates_read_the_date_columns_unguarded(
 ) -> None:
     """The plain read is the one sent; it yields exactly what the PyMySQL reader yields."""
     _seed_dated(mysql_url, {})
-    queries = _record_slice_queries(monkeypatch)
+    queries = record_slice_queries(monkeypatch)
     fast, fast_invalid, counter = _read_dated(mysql_url, "arrow")
     slow, slow_invalid, _ = _read_dated(mysql_url, "pymysql")
     assert fast.num_rows == 40 and fast.equals(slow)
@@ -298,7 +278,7 @@ def test_a_zero_date_makes_its_slice_read_again_guarded_and_nothing_differs_from
             26: ("2022-12-26", "2024-00-12 10:00:00"),
         },
     )
-    queries = _record_slice_queries(monkeypatch)
+    queries = record_slice_queries(monkeypatch)
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("dated")
     first, counter = client.stream_window(
