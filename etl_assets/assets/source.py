@@ -124,9 +124,8 @@ def _observe_table(
             "primary_key": ", ".join(reflected.primary_key) or "(none)",
             "newest_time_value": dg.MetadataValue.text(newest.isoformat() if newest else "none"),
         }
-    key = source_key(table)
     return dg.ObserveResult(
-        asset_key=key,
+        asset_key=source_key(table),
         metadata=metadata,
         data_version=dg.DataVersion(f"{rows}:{newest.isoformat() if newest else ''}"),
         check_results=[drift_check_result(config=config, table=table, live=reflected)],

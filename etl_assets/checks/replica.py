@@ -65,7 +65,7 @@ def build_replica_checks(*, config: ProjectConfig) -> dg.AssetChecksDefinition |
                 REPLICA_FRESHNESS_CHECK,
                 asset=key,
                 description=f"The newest loaded `{table.time_column}` is at most "
-                f"{table.replica.freshness if table.replica else ''} old (WARN), or twice that (ERROR).",
+                f"{_settings(table).freshness} old (WARN), or twice that (ERROR).",
                 blocking=False,
             ),
         )
