@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from etl_assets.assets.archive import build_archive_asset
-from etl_assets.assets.replica import build_replica_asset
+from etl_assets.assets.archive import build_archive_assets
+from etl_assets.assets.replica import build_replica_assets
 from etl_assets.assets.source import build_source_assets, build_table_sizes_asset
 from etl_assets.checks.replica import build_replica_checks
 from etl_assets.config import ProjectConfig, load_config
@@ -68,13 +68,10 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
     assets: list[dg.AssetsDefinition] = [
         build_table_sizes_asset(config=config),
         build_source_assets(config=config),
+        *build_archive_assets(config=config),
+        *build_replica_assets(config=config),
     ]
     checks: list[dg.AssetChecksDefinition] = []
-    for table in config.tables:
-        if table.archive is not None:
-            assets.append(build_archive_asset(config=config, table=table))
-        if table.replica is not None:
-            assets.append(build_replica_asset(config=config, table=table))
     replica_checks = build_replica_checks(config=config)
     if replica_checks is not None:
         checks.append(replica_checks)

@@ -7,10 +7,11 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import dagster as dg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -221,3 +222,10 @@ def wrap(target: Any, method: str, before: Callable[..., None]) -> None:
         return original(*args, **kwargs)
 
     setattr(target, method, wrapped)
+
+
+def materialization_metadata(result: dg.ExecuteInProcessResult, key: str) -> Mapping[str, Any]:
+    """The metadata of the one materialization of `key` (`archive/visits`) in `result`."""
+    asset_key = dg.AssetKey.from_user_string(key)
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == asset_key]
+    return event.step_materialization_data.materialization.metadata

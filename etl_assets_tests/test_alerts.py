@@ -607,6 +607,38 @@ def test_a_step_serving_many_tables_alerts_the_tables_that_failed(sns_queue: tup
 
 
 @integration
+def test_a_run_of_one_table_of_a_shared_step_alerts_that_table_only(sns_queue: tuple[str, str]) -> None:
+    topic_arn, queue_url = sns_queue
+    publisher = AlertPublisher(sns_topic_arn=topic_arn, ui_url=UI)
+    specs = [
+        dg.AssetSpec(["archive", name], tags={"etl_assets/table": name}) for name in ("orders", "visits")
+    ]
+
+    # As a schedule's run of one table from a step shared by tables archived alike: the error is the
+    # table's own and does not name it.
+    @dg.multi_asset(specs=specs, name="archive__since_2024_01_keep_12m", can_subset=True)
+    def archive_tables() -> Iterator[dg.MaterializeResult]:
+        raise dg.Failure(description="the archive refused: the source is locked")
+        yield  # a generator, as the real step
+
+    defs = dg.Definitions(
+        assets=[archive_tables],
+        sensors=build_alert_sensors(source_name="clinic"),
+        resources={"alerts": publisher},
+    )
+    with dg.instance_for_test() as instance:
+        job = defs.resolve_implicit_job_def_def_for_assets([specs[1].key])
+        assert job is not None
+        result = job.execute_in_process(
+            instance=instance, asset_selection=[specs[1].key], raise_on_error=False
+        )
+        alert_on(result, defs, instance, publisher)
+    [message] = received(queue_url)
+    assert message["body"]["step"] == "archive__since_2024_01_keep_12m"
+    assert message["body"]["tables"] == ["visits"], "orders shares the step but was not in the run"
+
+
+@integration
 @pytest.mark.parametrize("outage", ["missing topic", "endpoint unreachable"])
 def test_sns_outage_is_logged_and_never_raised(
     outage: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture

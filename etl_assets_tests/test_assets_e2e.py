@@ -10,7 +10,13 @@ import sqlalchemy as sa
 
 from etl_assets.definitions import build_definitions
 from etl_assets.resources.store import open_store
-from etl_assets_tests.support import archived_keys, config_for, seed_visits, source_keys
+from etl_assets_tests.support import (
+    archived_keys,
+    config_for,
+    materialization_metadata,
+    seed_visits,
+    source_keys,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +81,7 @@ def test_replica_backfill_then_archive_keeps_rows_in_replica(env: dict[str, Any]
 
         archived = _materialize(defs, "archive/visits", instance=instance, partition_key="2023-01-01")
         assert archived.success, archived.get_step_failure_events()
-        metadata = archived.asset_materializations_for_node("archive__visits")[0].metadata
+        metadata = materialization_metadata(archived, "archive/visits")
         assert metadata["rows_purged"].value == 1500
         assert metadata["rows_kept_not_in_replica"].value == 0
         checks = archived.get_asset_check_evaluations()
@@ -92,7 +98,7 @@ def test_archive_refuses_to_purge_rows_missing_from_the_replica(env: dict[str, A
     with dg.instance_for_test() as instance:
         result = _materialize(env["defs"], "archive/visits", instance=instance, partition_key="2023-01-01")
         assert result.success
-        metadata = result.asset_materializations_for_node("archive__visits")[0].metadata
+        metadata = materialization_metadata(result, "archive/visits")
     assert metadata["rows_purged"].value == 0
     assert metadata["rows_kept_not_in_replica"].value == 1500
     assert source_keys(env["url"]) | _null_time_ids(env["url"]) == source_keys(env["url"])

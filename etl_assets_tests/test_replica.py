@@ -33,7 +33,7 @@ from etl_assets.resources import arrow_reader
 from etl_assets.resources import warehouse as warehouse_module
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient, WarehouseError
-from etl_assets_tests.support import config_for
+from etl_assets_tests.support import config_for, materialization_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -682,8 +682,8 @@ def test_materialization_metadata(pg_rig: Rig) -> None:
         )
         second = _materialize(defs, instance, partition_key=(DAY + ONE_DAY).date().isoformat())
         assert second.success, second.get_step_failure_events()
-    one = first.asset_materializations_for_node("replica__orders")[0].metadata
-    two = second.asset_materializations_for_node("replica__orders")[0].metadata
+    one = materialization_metadata(first, "replica/orders")
+    two = materialization_metadata(second, "replica/orders")
 
     assert one["rows_loaded"].value == one["rows_inserted"].value == one["dagster/row_count"].value == 20
     assert one["rows_replaced"].value == 0

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl_assets.definitions import build_definitions
-from etl_assets_tests.support import config_for
+from etl_assets_tests.support import config_for, materialization_metadata
 
 pytestmark = pytest.mark.integration
 
@@ -207,7 +207,7 @@ def test_every_mysql_type_round_trips_into_postgresql_exactly(
         raise_on_error=False,
     )
     assert result.success, result.get_step_failure_events()
-    metadata = result.asset_materializations_for_node("replica__alltypes")[0].metadata
+    metadata = materialization_metadata(result, "replica/alltypes")
     assert metadata["rows_loaded"].value == len(ROWS) == metadata["dagster/row_count"].value
     assert metadata["zero_dates_nulled"].value == ZERO_DATES
     column_types = {c.name: c.type for c in metadata["dagster/column_schema"].value.columns}

@@ -3,10 +3,12 @@
 Materializing one partition does the whole job (extract, stage, verify, purge, commit; see
 `engine/archive.py`). A range of partitions runs in one run (single-run backfill policy), so a first
 archive of years of history is one process, not hundreds of runs; on MySQL each month is purged
-while the next one is extracted (`ArchiveBackfill`).
+while the next one is extracted (`ArchiveBackfill`). Tables archived alike (same start and retention)
+share one step, which runs the tables a run selects one after another (`assets/per_table.py`).
 """
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
@@ -14,13 +16,14 @@ import dagster as dg
 from etl_assets.assets.naming import (
     ARCHIVE_VERIFIED_CHECK,
     SOURCE_POOL,
+    TableGroup,
+    archive_groups,
     archive_key,
-    archive_partitions,
-    source_key,
+    derived_spec,
     source_kind,
     store_kind,
-    table_tags,
 )
+from etl_assets.assets.per_table import each_table
 from etl_assets.config import ProjectConfig, TableConfig, utcnow
 from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, ArchiveJob, ArchiveReport, LogRelay
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
@@ -77,8 +80,16 @@ def _metadata(reports: list[ArchiveReport], seconds: float) -> dict[str, Any]:
     return metadata
 
 
-def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.AssetsDefinition:
-    """The `archive/<table>` asset (monthly partitions, single-run backfills)."""
+def build_archive_assets(*, config: ProjectConfig) -> list[dg.AssetsDefinition]:
+    """The `archive/<table>` assets: one step per group of tables archived alike (`naming.archive_groups`).
+
+    Each asset keeps its own description, kinds, owners, tags and `archive_verified` check; a run
+    materializes the tables it selects (a schedule's run: one) one after another in the step.
+    """
+    return [_archive_group(config=config, group=group) for group in archive_groups(config)]
+
+
+def _archive_spec(config: ProjectConfig, table: TableConfig) -> dg.AssetSpec:
     assert table.archive is not None
     assert config.archive is not None
     settings = table.archive
@@ -87,97 +98,128 @@ def build_archive_asset(*, config: ProjectConfig, table: TableConfig) -> dg.Asse
         if settings.purge
         else "and leaves the source untouched (purge: false)"
     )
-    description = (
-        f"Rows of `{table.name}` whose `{table.time_column}` is older than {settings.retention}, archived "
-        f"month by month as encrypted zstd Parquet under `{config.archive.url}`. Each run verifies every part "
-        f"by reading it back {purge_text}, in batches of {settings.batch_size:,}."
+    return derived_spec(
+        config,
+        table,
+        key=archive_key(table),
+        kinds={source_kind(config), store_kind(config), "parquet"},
+        description=(
+            f"Rows of `{table.name}` whose `{table.time_column}` is older than {settings.retention}, archived "
+            f"month by month as encrypted zstd Parquet under `{config.archive.url}`. Each run verifies every "
+            f"part by reading it back {purge_text}, in batches of {settings.batch_size:,}."
+        ),
+        metadata={"retention": settings.retention, "purge": settings.purge, "time_column": table.time_column},
     )
 
-    @dg.asset(
-        key=archive_key(table),
-        deps=[source_key(table)],
-        partitions_def=archive_partitions(config, table),
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=config.source.group_name,
-        kinds={source_kind(config), store_kind(config), "parquet"},
-        owners=table.owners,
-        tags=table_tags(config, table),
-        description=description,
-        pool=SOURCE_POOL,
+
+def _archive_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefinition:
+    tables = {archive_key(table): table for table in group.tables}
+
+    @dg.multi_asset(
+        name=group.step,
+        specs=[_archive_spec(config, table) for table in group.tables],
         check_specs=[
             dg.AssetCheckSpec(
                 ARCHIVE_VERIFIED_CHECK,
-                asset=archive_key(table),
+                asset=key,
                 description="Every committed part was read back and matched the rows read from the source.",
             )
+            for key in tables
         ],
-        metadata={"retention": settings.retention, "purge": settings.purge, "time_column": table.time_column},
+        partitions_def=group.partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=True,
+        pool=SOURCE_POOL,
+        description=f"Archive the selected months of {group.listed()}, one table after another.",
     )
     def _archive(
         context: dg.AssetExecutionContext,
         source: SourceDatabase,
         archive_store: ArchiveStore,
         warehouse: WarehouseResource,
-    ) -> dg.MaterializeResult:
-        started = time.monotonic()
-        if allocator_warning := use_trimmable_allocators():
-            context.log.warning(allocator_warning)
-        client = source.open()
-        try:
-            source_table = client.reflect(table.name, primary_key=table.primary_key)
-            ensure_no_drift(config=config, table=table, live=source_table, what="archive")
-            store = archive_store.open()
-            guard = (
-                warehouse.replica_guard(config=config, table=table, source_table=source_table)
-                if table.replica
-                else None
-            )
-            # Lines go to the event log from a writer thread; extraction and purge only queue them.
-            with LogRelay(context.log.info) as log:
-                jobs = [
-                    ArchiveJob(
-                        source=client,
-                        store=store,
-                        table=table,
-                        source_table=source_table,
-                        partition_key=key,
-                        window=window,
-                        run_id=context.run.run_id,
-                        now=utcnow(),
-                        log=log,
-                        replica_guard=guard,
-                        lock_timeout_seconds=config.source.lock_timeout_seconds,
-                    )
-                    for key, window in _month_windows(context)
-                ]
-
-                def month_done(report: ArchiveReport) -> None:
-                    log(
-                        f"archive {table.name} partition {report.partition} window {report.window.label()}: "
-                        f"{report.rows_committed:,} rows committed, {report.rows_purged:,} purged in {report.seconds:.1f}s"
-                        + (f"; {report.message}" if report.message else "")
-                    )
-                    # A backfill's partitions run one after another in this process: hand what the last
-                    # one freed back to the OS, or RSS creeps up with every month (see memory.py).
-                    release_freed_memory()
-
-                reports = ArchiveBackfill(jobs=jobs, on_month_done=month_done).run()
-        except (ArchiveError, DriftBlockedError, SourceError) as exc:
-            # SourceError: lock busy, a replica misconfigured; each message says which table and the fix.
-            raise dg.Failure(description=str(exc)) from None
-        finally:
-            client.dispose()
-        committed = sum(r.rows_committed for r in reports)
-        return dg.MaterializeResult(
-            metadata=_metadata(reports, seconds=time.monotonic() - started),
-            check_results=[
-                dg.AssetCheckResult(
-                    check_name=ARCHIVE_VERIFIED_CHECK,
-                    passed=True,
-                    metadata={"rows_committed": committed, "parts": sum(len(r.parts) for r in reports)},
-                    description="All parts read back and matched (count and primary-key digest) before any delete.",
-                )
-            ],
+    ) -> Iterator[dg.MaterializeResult]:
+        selected = [table for key, table in tables.items() if key in context.selected_asset_keys]
+        yield from each_table(
+            selected,
+            lambda table: _archive_table(context, config, table, source, archive_store, warehouse),
+            doing="archiving",
         )
 
     return _archive
+
+
+def _archive_table(
+    context: dg.AssetExecutionContext,
+    config: ProjectConfig,
+    table: TableConfig,
+    source: SourceDatabase,
+    archive_store: ArchiveStore,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Archive the run's months of one table; its materialization, and its check's result if selected."""
+    started = time.monotonic()
+    if allocator_warning := use_trimmable_allocators():
+        context.log.warning(allocator_warning)
+    client = source.open()
+    try:
+        source_table = client.reflect(table.name, primary_key=table.primary_key)
+        ensure_no_drift(config=config, table=table, live=source_table, what="archive")
+        store = archive_store.open()
+        guard = (
+            warehouse.replica_guard(config=config, table=table, source_table=source_table)
+            if table.replica
+            else None
+        )
+        # Lines go to the event log from a writer thread; extraction and purge only queue them.
+        with LogRelay(context.log.info) as log:
+            jobs = [
+                ArchiveJob(
+                    source=client,
+                    store=store,
+                    table=table,
+                    source_table=source_table,
+                    partition_key=key,
+                    window=window,
+                    run_id=context.run.run_id,
+                    now=utcnow(),
+                    log=log,
+                    replica_guard=guard,
+                    lock_timeout_seconds=config.source.lock_timeout_seconds,
+                )
+                for key, window in _month_windows(context)
+            ]
+
+            def month_done(report: ArchiveReport) -> None:
+                log(
+                    f"archive {table.name} partition {report.partition} window {report.window.label()}: "
+                    f"{report.rows_committed:,} rows committed, {report.rows_purged:,} purged in {report.seconds:.1f}s"
+                    + (f"; {report.message}" if report.message else "")
+                )
+                # A backfill's partitions run one after another in this process: hand what the last
+                # one freed back to the OS, or RSS creeps up with every month (see memory.py).
+                release_freed_memory()
+
+            reports = ArchiveBackfill(jobs=jobs, on_month_done=month_done).run()
+    except (ArchiveError, DriftBlockedError, SourceError) as exc:
+        # SourceError: lock busy, a replica misconfigured; each message says which table and the fix.
+        raise dg.Failure(description=str(exc)) from None
+    finally:
+        client.dispose()
+    key = archive_key(table)
+    check = dg.AssetCheckKey(key, ARCHIVE_VERIFIED_CHECK)
+    committed = sum(r.rows_committed for r in reports)
+    return dg.MaterializeResult(
+        asset_key=key,
+        metadata=_metadata(reports, seconds=time.monotonic() - started),
+        check_results=[
+            dg.AssetCheckResult(
+                asset_key=key,
+                check_name=ARCHIVE_VERIFIED_CHECK,
+                passed=True,
+                metadata={"rows_committed": committed, "parts": sum(len(r.parts) for r in reports)},
+                description="All parts read back and matched (count and primary-key digest) before any delete.",
+            )
+        ]
+        if check in context.selected_asset_check_keys
+        else [],
+    )

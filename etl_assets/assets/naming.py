@@ -6,6 +6,8 @@ the committed schema contract's oldest-row month), never by querying the source 
 """
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -40,6 +42,28 @@ def replica_key(table: TableConfig) -> dg.AssetKey:
 def table_tags(config: ProjectConfig, table: TableConfig) -> dict[str, str]:
     """Tags that let people filter the graph by table and database."""
     return {"etl_assets/table": table.asset_name, "etl_assets/source": config.source.group_name}
+
+
+def derived_spec(
+    config: ProjectConfig,
+    table: TableConfig,
+    *,
+    key: dg.AssetKey,
+    kinds: set[str],
+    description: str,
+    metadata: dict[str, object],
+) -> dg.AssetSpec:
+    """The spec of an asset made from `source/<table>` (its archive or replica): group, owners, tags."""
+    return dg.AssetSpec(
+        key=key,
+        deps=[source_key(table)],
+        group_name=config.source.group_name,
+        kinds=kinds,
+        owners=table.owners,
+        tags=table_tags(config, table),
+        description=description,
+        metadata=metadata,
+    )
 
 
 def source_kind(config: ProjectConfig) -> str:
@@ -106,3 +130,78 @@ def replica_partitions(config: ProjectConfig, table: TableConfig) -> dg.TimeWind
     if table.replica.partition == "monthly":
         return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=1)
     return dg.DailyPartitionsDefinition(start_date=start.isoformat(), end_offset=1)
+
+
+@dataclass(frozen=True)
+class TableGroup:
+    """Tables whose archive (or replica) assets share one partitions definition.
+
+    Each group is one step (a multi-asset, `step`) and one asset job (`job`): Dagster builds and
+    snapshots every node and job when a code location loads, so a node per table made a 200-table
+    config load in ~4 s instead of ~2.5 (`make bench`, graph_200_tables).
+    """
+
+    kind: str  # "archive" or "replica"
+    partitioning: str  # "since_2021_01_keep_12m", "daily_since_2024_01_01"
+    partitions: dg.TimeWindowPartitionsDefinition
+    tables: tuple[TableConfig, ...]
+
+    @property
+    def job(self) -> str:
+        """The asset job's name: `archive_since_2021_01_keep_12m`."""
+        return f"{self.kind}_{self.partitioning}"
+
+    @property
+    def step(self) -> str:
+        """The step's (op's) name, unique beside the job's: `archive__since_2021_01_keep_12m`."""
+        return f"{self.kind}__{self.partitioning}"
+
+    def listed(self, most: int = 5) -> str:
+        """ "`a`, `b` and 3 more table(s)", for descriptions."""
+        names = [f"`{t.name}`" for t in self.tables[:most]]
+        more = len(self.tables) - most
+        return ", ".join(names) + (f" and {more} more table(s)" if more > 0 else "")
+
+
+def archive_groups(config: ProjectConfig) -> list[TableGroup]:
+    """The archived tables grouped by partitioning: `archive_since_2021_01_keep_12m` holds the tables
+    archived monthly from January 2021 with a 12-month retention."""
+
+    def name(table: TableConfig, partitions: dg.TimeWindowPartitionsDefinition) -> str:
+        assert table.archive is not None
+        return f"since_{partitions.start:%Y_%m}_keep_{retention_months(table.archive.retention_period)}m"
+
+    archived = [t for t in config.tables if t.archive is not None]
+    return _grouped("archive", archived, partitions_of=lambda t: archive_partitions(config, t), name_of=name)
+
+
+def replica_groups(config: ProjectConfig) -> list[TableGroup]:
+    """The replicated tables grouped by partitioning: `replica_daily_since_2024_01_01` holds the tables
+    replicated by day from that date."""
+
+    def name(table: TableConfig, partitions: dg.TimeWindowPartitionsDefinition) -> str:
+        assert table.replica is not None
+        unit = table.replica.partition
+        shape = {"hourly": "%Y_%m_%d", "daily": "%Y_%m_%d", "monthly": "%Y_%m"}[unit]
+        return f"{unit}_since_{partitions.start.strftime(shape)}"
+
+    replicated = [t for t in config.tables if t.replica is not None]
+    return _grouped(
+        "replica", replicated, partitions_of=lambda t: replica_partitions(config, t), name_of=name
+    )
+
+
+def _grouped(
+    kind: str,
+    tables: list[TableConfig],
+    *,
+    partitions_of: Callable[[TableConfig], dg.TimeWindowPartitionsDefinition],
+    name_of: Callable[[TableConfig, dg.TimeWindowPartitionsDefinition], str],
+) -> list[TableGroup]:
+    groups: dict[str, tuple[dg.TimeWindowPartitionsDefinition, list[TableConfig]]] = {}
+    for table in tables:
+        partitions = partitions_of(table)
+        groups.setdefault(name_of(table, partitions), (partitions, []))[1].append(table)
+    return [
+        TableGroup(kind, name, partitions, tuple(members)) for name, (partitions, members) in groups.items()
+    ]

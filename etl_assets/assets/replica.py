@@ -2,22 +2,26 @@
 
 A partition loads the rows whose time column falls in its window (plus the `lag` lookback) and
 merges them by primary key in one transaction. The first materialization of all partitions is the
-full copy: with the single-run backfill policy a range of partitions is one streaming pass.
+full copy: with the single-run backfill policy a range of partitions is one streaming pass. Tables
+replicated alike (same partitioning and start) share one step, which loads the tables a run selects
+one after another (`assets/per_table.py`).
 """
 
+from collections.abc import Iterator
 from typing import Any
 
 import dagster as dg
 
 from etl_assets.assets.naming import (
     SOURCE_POOL,
+    TableGroup,
+    derived_spec,
+    replica_groups,
     replica_key,
-    replica_partitions,
-    source_key,
     source_kind,
-    table_tags,
     warehouse_kind,
 )
+from etl_assets.assets.per_table import each_table
 from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.engine.replica import ReplicaError, ReplicaJob, ReplicaReport
@@ -56,61 +60,94 @@ def replica_metadata(report: ReplicaReport, replica_rows: int, columns: dict[str
     return metadata
 
 
-def build_replica_asset(*, config: ProjectConfig, table: TableConfig) -> dg.AssetsDefinition:
-    """The `replica/<table>` asset (daily or hourly partitions, single-run backfills)."""
+def build_replica_assets(*, config: ProjectConfig) -> list[dg.AssetsDefinition]:
+    """The `replica/<table>` assets: one step per group of tables replicated alike (`naming.replica_groups`).
+
+    Each asset keeps its own description, kinds, owners and tags; a run loads the tables it selects
+    (the sensor's run: one) one after another in the step.
+    """
+    return [_replica_group(config=config, group=group) for group in replica_groups(config)]
+
+
+def _replica_spec(config: ProjectConfig, table: TableConfig) -> dg.AssetSpec:
     assert table.replica is not None
     assert config.warehouse is not None
     settings = table.replica
-    description = (
-        f"`{table.name}` replicated into `{config.warehouse.schema_name}.{table.asset_name}` "
-        f"({settings.insert_mode}, by `{table.time_column}`, {settings.partition} partitions, lookback {settings.lag}). "
-        "Rows purged from the source by the archive stay in the replica."
+    return derived_spec(
+        config,
+        table,
+        key=replica_key(table),
+        kinds={source_kind(config), warehouse_kind(config)},
+        description=(
+            f"`{table.name}` replicated into `{config.warehouse.schema_name}.{table.asset_name}` "
+            f"({settings.insert_mode}, by `{table.time_column}`, {settings.partition} partitions, lookback "
+            f"{settings.lag}). Rows purged from the source by the archive stay in the replica."
+        ),
+        metadata={"insert_mode": settings.insert_mode, "lag": settings.lag, "time_column": table.time_column},
     )
 
-    @dg.asset(
-        key=replica_key(table),
-        deps=[source_key(table)],
-        partitions_def=replica_partitions(config, table),
+
+def _replica_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefinition:
+    tables = {replica_key(table): table for table in group.tables}
+
+    @dg.multi_asset(
+        name=group.step,
+        specs=[_replica_spec(config, table) for table in group.tables],
+        partitions_def=group.partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        group_name=config.source.group_name,
-        kinds={source_kind(config), warehouse_kind(config)},
-        owners=table.owners,
-        tags=table_tags(config, table),
-        description=description,
+        can_subset=True,
         pool=SOURCE_POOL,
-        metadata={"insert_mode": settings.insert_mode, "lag": settings.lag, "time_column": table.time_column},
+        description=f"Load the selected partitions of {group.listed()} into the replica, one table after another.",
     )
     def _replica(
         context: dg.AssetExecutionContext, source: SourceDatabase, warehouse: WarehouseResource
-    ) -> dg.MaterializeResult:
-        time_window = context.partition_time_window
-        window = Window(utc(time_window.start), utc(time_window.end))
-        if allocator_warning := use_trimmable_allocators():
-            context.log.warning(allocator_warning)
-        client = source.open()
-        wh = warehouse.open()
-        try:
-            source_table = client.reflect(table.name, primary_key=table.primary_key)
-            ensure_no_drift(config=config, table=table, live=source_table, what="replica")
-            report = ReplicaJob(
-                source=client,
-                warehouse=wh,
-                table=table,
-                source_table=source_table,
-                window=window,
-                run_id=context.run.run_id,
-                log=context.log.info,
-                lock_timeout_seconds=max(config.source.lock_timeout_seconds, 60),
-            ).run()
-            if report.message:
-                context.log.info(report.message)
-            replica_rows = wh.count_rows(table.asset_name)
-            columns = wh.columns(table.asset_name)
-        except (DriftBlockedError, ReplicaError, WarehouseError) as exc:
-            raise dg.Failure(description=str(exc)) from None
-        finally:
-            client.dispose()
-            wh.close()
-        return dg.MaterializeResult(metadata=replica_metadata(report, replica_rows, columns))
+    ) -> Iterator[dg.MaterializeResult]:
+        selected = [table for key, table in tables.items() if key in context.selected_asset_keys]
+        yield from each_table(
+            selected,
+            lambda table: _replica_table(context, config, table, source, warehouse),
+            doing="replicating",
+        )
 
     return _replica
+
+
+def _replica_table(
+    context: dg.AssetExecutionContext,
+    config: ProjectConfig,
+    table: TableConfig,
+    source: SourceDatabase,
+    warehouse: WarehouseResource,
+) -> dg.MaterializeResult:
+    """Load the run's window of one table into the replica; its materialization."""
+    time_window = context.partition_time_window
+    window = Window(utc(time_window.start), utc(time_window.end))
+    if allocator_warning := use_trimmable_allocators():
+        context.log.warning(allocator_warning)
+    client = source.open()
+    wh = warehouse.open()
+    try:
+        source_table = client.reflect(table.name, primary_key=table.primary_key)
+        ensure_no_drift(config=config, table=table, live=source_table, what="replica")
+        report = ReplicaJob(
+            source=client,
+            warehouse=wh,
+            table=table,
+            source_table=source_table,
+            window=window,
+            run_id=context.run.run_id,
+            log=context.log.info,
+            lock_timeout_seconds=max(config.source.lock_timeout_seconds, 60),
+        ).run()
+        if report.message:
+            context.log.info(report.message)
+        replica_rows = wh.count_rows(table.asset_name)
+        columns = wh.columns(table.asset_name)
+    except (DriftBlockedError, ReplicaError, WarehouseError) as exc:
+        raise dg.Failure(description=str(exc)) from None
+    finally:
+        client.dispose()
+        wh.close()
+    return dg.MaterializeResult(
+        asset_key=replica_key(table), metadata=replica_metadata(report, replica_rows, columns)
+    )

@@ -147,24 +147,26 @@ def run_tables(
     *,
     error: str = "",
 ) -> list[str]:
-    """Tables (`etl_assets/table` tags) of the failed steps' assets, else of the run's selection.
+    """Tables (`etl_assets/table` tags) of the failed steps' assets that the run selected.
 
-    A step that serves many tables (observing the sources, the replica checks) names the tables that
-    failed in its `error` (`table 'visits': ...`); then only those are reported."""
+    A step that serves many tables (observing the sources, the replica checks, the archive and replica
+    assets of tables partitioned alike) runs only the tables its run selected, and names the tables
+    that failed in its `error` (`table 'visits': ...`); then only those are reported."""
     if repository is None:
         return []
     graph = repository.asset_graph
+    selected = [*(run.asset_selection or ()), *(key.asset_key for key in run.asset_check_selection or ())]
     keys: list[dg.AssetKey] = []
     # A step key is the node name, `graph.op` inside a graph-backed asset, `op[mapping]` when dynamic.
     nodes = {step.split("[", 1)[0].split(".", 1)[0] for step in failed_steps}
     if nodes:
         for assets_def in graph.assets_defs:
             if assets_def.is_executable and assets_def.node_def.name in nodes:
-                keys.extend(assets_def.keys)
-                keys.extend(check_key.asset_key for check_key in assets_def.check_keys)
+                step_keys = [*assets_def.keys, *(check_key.asset_key for check_key in assets_def.check_keys)]
+                # A run without a selection (a whole job launched by hand) ran every asset of the step.
+                keys.extend(key for key in step_keys if not selected or key in selected)
     if not keys:
-        keys.extend(run.asset_selection or ())
-        keys.extend(check_key.asset_key for check_key in run.asset_check_selection or ())
+        keys.extend(selected)
     tables = _tables_of(graph, keys)
     named = [table for table in tables if f"table '{table}'" in error]
     return named or tables
