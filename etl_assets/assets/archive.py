@@ -9,7 +9,7 @@ share one step, which runs the tables a run selects one after another (`assets/p
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -25,20 +25,21 @@ from etl_assets.assets.naming import (
 )
 from etl_assets.assets.per_table import each_table
 from etl_assets.config import ProjectConfig, TableConfig, utcnow
-from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, ArchiveJob, ArchiveReport, LogRelay
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
 from etl_assets.lib.windows import Window, month_window
-from etl_assets.resources.memory import release_freed_memory, use_trimmable_allocators
 from etl_assets.resources.source import SourceDatabase, SourceError
 from etl_assets.resources.store import ArchiveStore
 from etl_assets.resources.warehouse import WarehouseResource
+
+if TYPE_CHECKING:
+    from etl_assets.engine.archive import ArchiveReport
 
 
 def _month_windows(context: dg.AssetExecutionContext) -> list[tuple[str, Window]]:
     return [(key, month_window(key)) for key in context.partition_keys]
 
 
-def _metadata(reports: list[ArchiveReport], seconds: float) -> dict[str, Any]:
+def _metadata(reports: "list[ArchiveReport]", seconds: float) -> dict[str, Any]:
     first, last = reports[0], reports[-1]
     extracted = sum(r.rows_extracted for r in reports)
     parts = [url for r in reports for url in r.parts]
@@ -157,6 +158,10 @@ def _archive_table(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Archive the run's months of one table; its materialization, and its check's result if selected."""
+    # Imported by the run, not when the code location loads: the engine brings pyarrow and numpy.
+    from etl_assets.engine.archive import ArchiveBackfill, ArchiveError, ArchiveJob, ArchiveReport, LogRelay
+    from etl_assets.resources.memory import release_freed_memory, use_trimmable_allocators
+
     started = time.monotonic()
     if allocator_warning := use_trimmable_allocators():
         context.log.warning(allocator_warning)

@@ -8,7 +8,7 @@ one after another (`assets/per_table.py`).
 """
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -24,14 +24,15 @@ from etl_assets.assets.naming import (
 from etl_assets.assets.per_table import each_table
 from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.engine.gate import DriftBlockedError, ensure_no_drift
-from etl_assets.engine.replica import ReplicaError, ReplicaJob, ReplicaReport
 from etl_assets.lib.windows import Window, utc
-from etl_assets.resources.memory import use_trimmable_allocators
 from etl_assets.resources.source import SourceDatabase
 from etl_assets.resources.warehouse import WarehouseError, WarehouseResource
 
+if TYPE_CHECKING:
+    from etl_assets.engine.replica import ReplicaReport
 
-def replica_metadata(report: ReplicaReport, replica_rows: int, columns: dict[str, str]) -> dict[str, Any]:
+
+def replica_metadata(report: "ReplicaReport", replica_rows: int, columns: dict[str, str]) -> dict[str, Any]:
     """Materialization metadata: numbers the UI plots, plus the replica's column schema."""
     load = report.load
     metadata: dict[str, Any] = {
@@ -120,6 +121,10 @@ def _replica_table(
     warehouse: WarehouseResource,
 ) -> dg.MaterializeResult:
     """Load the run's window of one table into the replica; its materialization."""
+    # Imported by the run, not when the code location loads: the engine brings pyarrow.
+    from etl_assets.engine.replica import ReplicaError, ReplicaJob
+    from etl_assets.resources.memory import use_trimmable_allocators
+
     time_window = context.partition_time_window
     window = Window(utc(time_window.start), utc(time_window.end))
     if allocator_warning := use_trimmable_allocators():

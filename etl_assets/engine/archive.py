@@ -36,7 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -57,11 +57,13 @@ from etl_assets.resources.source import (
     LockLostError,
     PurgeOutcome,
     SourceClient,
-    ZeroDateCounts,
     describe_error,
     mysql_error_code,
 )
 from etl_assets.resources.store import ObjectStore, StoreError
+
+if TYPE_CHECKING:
+    from etl_assets.resources.source import ZeroDateCounts
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
 pc: Any = _compute

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as _compute
@@ -27,8 +27,11 @@ from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.sql import add_column_sql
 from etl_assets.lib.typemap import arrow_schema, redshift_byte_limit
 from etl_assets.lib.windows import Window
-from etl_assets.resources.source import SourceClient, ZeroDateCounts
+from etl_assets.resources.source import SourceClient
 from etl_assets.resources.warehouse import FirstCopyKeyRepeated, LoadResult, WarehouseClient
+
+if TYPE_CHECKING:
+    from etl_assets.resources.source import ZeroDateCounts
 
 # pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
 pc: Any = _compute

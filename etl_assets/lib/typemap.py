@@ -18,15 +18,17 @@ connection or imports Dagster.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal, cast, get_args
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 from etl_assets.lib.schema import SourceColumn, SourceTable
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Dialect = Literal["redshift", "postgresql", "duckdb"]
 """Warehouse SQL dialects the replica supports."""
@@ -115,38 +117,49 @@ _FIXED: dict[str, _PerDialect] = {
     "longblob": _PerDialect(f"VARBYTE({REDSHIFT_VARBYTE_MAX_BYTES})", "BYTEA", "BLOB"),
 }
 
-# Archive types. Exact: unsigned stays unsigned, MEDIUMINT (24 bits) needs 32.
-_ARROW_INTEGERS: dict[tuple[str, bool], pa.DataType] = {
-    ("tinyint", False): pa.int8(),
-    ("tinyint", True): pa.uint8(),
-    ("smallint", False): pa.int16(),
-    ("smallint", True): pa.uint16(),
-    ("mediumint", False): pa.int32(),
-    ("mediumint", True): pa.uint32(),
-    ("int", False): pa.int32(),
-    ("int", True): pa.uint32(),
-    ("bigint", False): pa.int64(),
-    ("bigint", True): pa.uint64(),
-}
-
 _STRING_TYPES = frozenset(
     {"char", "varchar", "tinytext", "text", "mediumtext", "longtext", "enum", "set", "json"}
 )
 _BINARY_TYPES = frozenset({"binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"})
 
-_ARROW_FIXED: dict[str, pa.DataType] = {
-    "float": pa.float32(),
-    "double": pa.float64(),
-    # BIT(n) arrives as big-endian bytes (lib/convert.py makes them ints); up to 64 bits fit uint64.
-    "bit": pa.uint64(),
-    "date": pa.date32(),
-    "datetime": pa.timestamp("us"),
-    "timestamp": pa.timestamp("us", tz="UTC"),
-    "time": pa.duration("us"),
-    "year": pa.int16(),
-    **dict.fromkeys(_STRING_TYPES, pa.string()),
-    **dict.fromkeys(_BINARY_TYPES, pa.binary()),
-}
+
+@functools.cache
+def _arrow_types() -> tuple[dict[tuple[str, bool], pa.DataType], dict[str, pa.DataType]]:
+    """(integer types by (MySQL type, unsigned), the other fixed types by MySQL type).
+
+    Built on first use: the code location imports this module for the warehouse map and loads
+    without pyarrow (`etl_assets.definitions`).
+    """
+    import pyarrow as pa
+
+    # Exact: unsigned stays unsigned, MEDIUMINT (24 bits) needs 32.
+    integers = {
+        ("tinyint", False): pa.int8(),
+        ("tinyint", True): pa.uint8(),
+        ("smallint", False): pa.int16(),
+        ("smallint", True): pa.uint16(),
+        ("mediumint", False): pa.int32(),
+        ("mediumint", True): pa.uint32(),
+        ("int", False): pa.int32(),
+        ("int", True): pa.uint32(),
+        ("bigint", False): pa.int64(),
+        ("bigint", True): pa.uint64(),
+    }
+    fixed = {
+        "float": pa.float32(),
+        "double": pa.float64(),
+        # BIT(n) arrives as big-endian bytes (lib/convert.py makes them ints); up to 64 bits fit uint64.
+        "bit": pa.uint64(),
+        "date": pa.date32(),
+        "datetime": pa.timestamp("us"),
+        "timestamp": pa.timestamp("us", tz="UTC"),
+        "time": pa.duration("us"),
+        "year": pa.int16(),
+        **dict.fromkeys(_STRING_TYPES, pa.string()),
+        **dict.fromkeys(_BINARY_TYPES, pa.binary()),
+    }
+    return integers, fixed
+
 
 # Spellings information_schema never uses but hand-written SourceColumns (tests, SQLite demo) might.
 _ALIASES = {
@@ -249,8 +262,11 @@ def arrow_type(column: SourceColumn) -> pa.DataType:
     Raises:
         UnsupportedTypeError: for types with no lossless mapping (spatial types, MariaDB UUID/INET, ...).
     """
+    import pyarrow as pa
+
+    integers, fixed_types = _arrow_types()
     data_type = _data_type(column)
-    integer = _ARROW_INTEGERS.get((data_type, column.unsigned))
+    integer = integers.get((data_type, column.unsigned))
     if integer is not None:
         return integer
     if data_type == "decimal":
@@ -260,7 +276,7 @@ def arrow_type(column: SourceColumn) -> pa.DataType:
         return pa.decimal256(precision, scale)
     if data_type == "bit" and _bit_width(column) > 64:
         raise _unsupported(column, "is wider than MySQL's BIT(64) limit", archive=True)
-    fixed = _ARROW_FIXED.get(data_type)
+    fixed = fixed_types.get(data_type)
     if fixed is None:
         raise _unsupported(column, "etl-assets cannot archive losslessly", archive=True)
     return fixed
@@ -278,6 +294,8 @@ def arrow_schema(table: SourceTable) -> pa.Schema:
     Raises:
         UnsupportedTypeError: naming the table and the column that cannot be archived.
     """
+    import pyarrow as pa
+
     fields = []
     for column in table.columns:
         try:

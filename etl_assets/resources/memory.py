@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pyarrow as pa
-
 from etl_assets import ARROW_POOL_VARIABLE
 
 # glibc's mallopt parameter for the most malloc arenas (malloc.h: M_ARENA_MAX).
@@ -70,6 +68,8 @@ def use_trimmable_allocators() -> str | None:
         no other pool was asked for: pyarrow was imported before `etl_assets`, too late for the
         package to choose (Parquet's buffers then stay in that pool).
     """
+    import pyarrow as pa  # here, not at the top: the code location loads without pyarrow
+
     asked = os.environ.get(ARROW_POOL_VARIABLE) or "system"
     # Before set_memory_pool below, this is the pool Arrow chose when pyarrow was imported.
     process_pool = pa.default_memory_pool().backend_name
@@ -90,6 +90,8 @@ def use_trimmable_allocators() -> str | None:
 
 def release_freed_memory() -> None:
     """Return memory that is free but still mapped (malloc arenas, Arrow's pool) to the OS."""
+    import pyarrow as pa
+
     pa.default_memory_pool().release_unused()
     trim = _malloc_trim()
     if trim is not None:

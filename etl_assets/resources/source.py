@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
 import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy import event as sa_event
@@ -30,18 +29,19 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql as mysql_dialect
 
 from etl_assets.config import ReaderChoice, resolve_setting
-from etl_assets.lib.convert import RowsToArrow, converter_for
-from etl_assets.lib.purge import EPOCH_MICROSECONDS_SQL, integer_key_batch, key_tuples
 from etl_assets.lib.schema import SourceColumn, SourceTable
 from etl_assets.lib.windows import Window, key_slices, pack_slices
-from etl_assets.resources.arrow_reader import (
-    ArrowReaderUnavailable,
-    SliceSql,
-    ZeroDateCounter,
-    connectorx_url,
-    select_expressions,
-    stream_slices,
-)
+
+if TYPE_CHECKING:
+    # The Arrow side (pyarrow, numpy) is imported by the methods that read or delete rows: the code
+    # location imports this module for `SourceDatabase` and loads without it (test_definitions.py).
+    import pyarrow as pa
+
+    from etl_assets.lib.convert import RowsToArrow
+    from etl_assets.resources.arrow_reader import SliceSql, ZeroDateCounter
+
+    ZeroDateCounts = RowsToArrow | ZeroDateCounter
+    """What a read reports besides its rows: zero dates nulled per column (`invalid_by_column`)."""
 
 _INTEGER_TYPES = {"tinyint", "smallint", "mediumint", "int", "integer", "bigint"}
 
@@ -51,9 +51,6 @@ KEY_RANGE_SPAN_FACTOR = 3
 Past it, the scans would read more rows outside the window than the per-row lookups of the time
 index cost (a clustered range scan reads rows ~2-4x cheaper than a lookup each, `make bench`).
 """
-
-ZeroDateCounts = RowsToArrow | ZeroDateCounter
-"""What a read reports besides its rows: zero dates nulled per column (`invalid_by_column`)."""
 
 
 class SourceError(RuntimeError):
@@ -400,6 +397,8 @@ class SourceClient:
 
     def time_range(self, source: SourceTable, time_column: str) -> tuple[datetime | None, datetime | None]:
         """Oldest and newest time-column values (two index lookups on an indexed column)."""
+        from etl_assets.lib.convert import converter_for
+
         table = self._table(source.name, [time_column])
         tc = table.c[time_column]
         convert = converter_for(source.column(time_column))
@@ -411,6 +410,8 @@ class SourceClient:
 
     def max_time(self, source: SourceTable, time_column: str) -> datetime | None:
         """Newest time-column value: the cheap "anything new?" probe used by sensors."""
+        from etl_assets.lib.convert import converter_for
+
         table = self._table(source.name, [time_column])
         with self.engine.connect() as conn:
             value = conn.execute(sa.select(sa.func.max(table.c[time_column]))).scalar()
@@ -491,6 +492,8 @@ class SourceClient:
         whatever the window holds. Returns the iterator and a counter of zero dates turned into NULL;
         `reader_note` then says which reader ran.
         """
+        from etl_assets.resources.arrow_reader import ZeroDateCounter, stream_slices
+
         table = self._table(source.name, source.column_names)
         fast_url = self._fast_reader_url()
         if fast_url is not None:
@@ -508,6 +511,8 @@ class SourceClient:
 
     def _fast_reader_url(self) -> str | None:
         """connectorx's URL when the fast reader serves this source, else None (PyMySQL reads)."""
+        from etl_assets.resources.arrow_reader import ArrowReaderUnavailable, connectorx_url
+
         if self.dialect != "mysql" or self.reader == "pymysql":
             self.reader_note = "PyMySQL (streaming cursor)"
             return None
@@ -548,6 +553,8 @@ class SourceClient:
         SQL. Only our own bounds are rendered as literals; identifiers are quoted by SQLAlchemy's
         MySQL dialect.
         """
+        from etl_assets.resources.arrow_reader import select_expressions
+
         # qmark: the pymysql dialect would double every % in identifiers for its own paramstyle.
         literal_dialect = mysql_dialect.dialect(paramstyle="qmark")
         window_filter = self._window_filter(table, source, time_column, window)
@@ -608,6 +615,8 @@ class SourceClient:
     def _stream(
         self, source: SourceTable, schema: pa.Schema, chunk_rows: int, where: Any
     ) -> tuple[Generator[pa.RecordBatch, None, None], RowsToArrow]:
+        from etl_assets.lib.convert import RowsToArrow
+
         names = source.column_names
         table = self._table(source.name, names)
         stmt = sa.select(*(self._selectable(table, column) for column in source.columns))
@@ -776,6 +785,9 @@ class SourceClient:
         it in one statement (`_delete_unchanged_mysql`); SQLite (the demo) reads the rows inside the
         transaction, compares them in Python with the archived values and deletes the unchanged ones.
         """
+        from etl_assets.lib.convert import converter_for
+        from etl_assets.lib.purge import key_tuples
+
         if self.dialect == "mysql":
             return self._delete_unchanged_mysql(
                 source, primary_key=primary_key, time_column=time_column, rows=rows
@@ -830,6 +842,8 @@ class SourceClient:
         MySQL plan as point ranges on an index holding both columns (the time column's index carries
         the primary key). Identifiers are quoted by the dialect.
         """
+        from etl_assets.lib.purge import EPOCH_MICROSECONDS_SQL, integer_key_batch, key_tuples
+
         started = time.monotonic()
         count = rows.num_rows
         # The PyMySQL dialect's quoting already doubles a % in a name (the driver formats the statement

@@ -22,13 +22,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pyarrow as pa
-import pyarrow.compute as _compute
-import pyarrow.csv as pa_csv
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from pydantic import Field
 from sqlalchemy import exc as sa_exc
@@ -39,8 +35,18 @@ from etl_assets.lib.schema import SourceTable
 from etl_assets.lib.typemap import Dialect, warehouse_types
 from etl_assets.resources.store import ObjectStore, open_store
 
-# pyarrow.compute's functions are generated when the module loads; its stubs do not declare them.
-pc: Any = _compute
+if TYPE_CHECKING:
+    # The Arrow side is imported by the functions that convert or write batches: the code location
+    # imports this module for `WarehouseResource` and loads without pyarrow (test_definitions.py).
+    import pyarrow as pa
+
+
+def _compute() -> Any:
+    """pyarrow.compute; its functions are generated when it loads, and its stubs do not declare them."""
+    import pyarrow.compute
+
+    return pyarrow.compute
+
 
 LEDGER_TABLE = "_etl_assets_loads"
 
@@ -121,7 +127,7 @@ def _max_time(batch: pa.RecordBatch, column: str) -> datetime | None:
     values = batch.column(column)
     if values.null_count == len(values):
         return None
-    found = pc.max(values).as_py()
+    found = _compute().max(values).as_py()
     if isinstance(found, datetime):
         return found if found.tzinfo else found.replace(tzinfo=UTC)
     if found is not None:
@@ -131,6 +137,9 @@ def _max_time(batch: pa.RecordBatch, column: str) -> datetime | None:
 
 def _csv_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Make a batch writable as PostgreSQL CSV: intervals and bytea need text forms."""
+    import pyarrow as pa
+
+    pc = _compute()
     arrays = []
     for field, column in zip(batch.schema, batch.columns, strict=True):
         if pa.types.is_duration(field.type):
@@ -160,6 +169,8 @@ def _in_column_order(batch: pa.RecordBatch, order: Sequence[str], target: str) -
 
 def _redshift_ready(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Cast unsigned integers up one size: Redshift has no unsigned types (see the type map)."""
+    import pyarrow as pa
+
     casts = {
         pa.uint8(): pa.int16(),
         pa.uint16(): pa.int32(),
@@ -590,6 +601,8 @@ class WarehouseClient:
         track: Callable[[pa.RecordBatch], None],
     ) -> None:
         """COPY the batches as CSV into `relation` (a quoted table name: the staging table, or the target)."""
+        import pyarrow.csv as pa_csv
+
         column_list = ", ".join(sql.quote_identifier(c, "postgresql") for c in columns)
         copy_sql = f"COPY {relation} ({column_list}) FROM STDIN (FORMAT csv)"
         with tx.raw.cursor() as cursor, cursor.copy(copy_sql) as copy:
@@ -620,6 +633,9 @@ class WarehouseClient:
             raise WarehouseError(
                 "a Redshift load needs warehouse.staging_url (s3://bucket/prefix) to COPY from"
             )
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         prefix = f"{staging}/{run_id}"
         # COPY from Parquet fills the staging table (LIKE the replica) by column position, and a column
         # added to the replica later sits at its end, wherever the source has it.
