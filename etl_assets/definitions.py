@@ -1,7 +1,9 @@
 """The code location: `defs` assembled from the configuration file. No connections are opened here.
 
 `build_definitions(config)` is what tests call with their own configs; `defs` is built from the file
-that `ETL_ASSETS_CONFIG`, `./etl_assets.yaml` or the bundled demo config names.
+that `ETL_ASSETS_CONFIG`, `./etl_assets.yaml` or the bundled demo config names. Loading imports no
+data library (pyarrow, numpy, PyMySQL): the webserver, the daemon and every run's process load this
+module, and only the runs that move rows need them (~0.2 s of each load; test_definitions.py).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Observing the sources and running the replica checks are one step each for every table, and the
 archive and replica assets one step per group of tables partitioned alike, not one per table: a code
-location with 200 tables then loads in ~3 s instead of ~5.5 (`make bench`, graph_200_tables), and
-the checks job every 15 minutes starts two step processes instead of one per table and check. What a
-step per table gave, this keeps: a table that fails does not stop the others from reporting, and the
-run still fails (one run-failure alert) with an error that names each table that failed and why.
+location with 200 tables then validates in ~3 s instead of ~5.5 (`make bench`, graph_200_tables),
+and the checks job every 15 minutes starts two step processes instead of one per table and check.
+What a step per table gave, this keeps: a table that fails does not stop the others from reporting,
+and the run still fails (one run-failure alert) with an error that names each table that failed and
+why.
 """
 
 from __future__ import annotations
