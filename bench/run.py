@@ -126,6 +126,11 @@ CASE_TITLES = {
 DAGSTER_CASES = ("archive_all", "archive_extract", "archive_month", "replica_full")
 
 # The freshness case: a small table of its own, replicated by the `make dev` stack into its own schema.
+# Before each case, wait until the machine is quiet: after the whole archive and pt-archiver have
+# deleted 2M rows, the server's purge threads keep a core busy for a while, whichever case comes
+# next. Quiet: less than this share of all cores busy over half a second; waited for at most this long.
+SETTLE_BUSY_SHARE = 0.15
+SETTLE_MAX_SECONDS = 60.0
 FRESH_TABLE = "fresh_visits"
 FRESH_ROWS = 1000
 FRESH_SENSOR_INTERVAL = 60  # replica_new_rows' minimum_interval_seconds (etl_assets/sensors/new_rows.py)
@@ -555,6 +560,26 @@ def mysql_exec(conn: Any, sql: str, params: Any = None) -> int:
         return cur.execute(sql, params)
 
 
+def busy_share(interval: float) -> float | None:
+    """The share of all cores busy over `interval` seconds (/proc/stat), or None without /proc."""
+
+    def sample() -> tuple[int, int] | None:
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return None
+        ticks = [int(v) for v in fields]
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
+        return sum(ticks), idle
+
+    before = sample()
+    time.sleep(interval)
+    after = sample()
+    if before is None or after is None or after[0] == before[0]:
+        return None
+    return 1 - (after[1] - before[1]) / (after[0] - before[0])
+
+
 def mysql_scalar(conn: Any, sql: str, params: Any = None) -> Any:
     with conn.cursor() as cur:
         cur.execute(sql, params)
@@ -700,6 +725,15 @@ class Bench:
         (self.work / "dagster_home").mkdir()
         (self.work / "dagster_home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
         (self.work / "schemas").mkdir()
+
+    def settle(self) -> float:
+        """Seconds waited for the machine to be quiet (see SETTLE_BUSY_SHARE); 0 where /proc is absent."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < SETTLE_MAX_SECONDS:
+            busy = busy_share(0.5)
+            if busy is None or busy < SETTLE_BUSY_SHARE:
+                break
+        return time.perf_counter() - started
 
     # -- names ----------------------------------------------------------------------------------------
 
@@ -916,8 +950,9 @@ class Bench:
         if self.status.get(key, ("", ""))[0] in ("skipped", "failed"):
             return
         runner: Callable[..., dict[str, Any]] = getattr(self, f"case_{case}")
+        settled = self.settle()
         load_before = os.getloadavg()[0]
-        log(f"  {key} ...")
+        log(f"  {key} ..." + (f" (waited {settled:.1f}s for a quiet machine)" if settled >= 1 else ""))
         try:
             sample = runner(scale, repeat) if scale is not None else runner(repeat)
         except CaseSkipped as exc:
@@ -929,6 +964,7 @@ class Bench:
             log(f"  {key}: FAILED: {exc}")
             return
         sample["load_avg_1m"] = round(load_before, 2)
+        sample["settle_seconds"] = round(settled, 1)
         self.samples.setdefault(key, []).append(sample)
         self.status[key] = ("ok", "")
         rows = sample.get("rows")
