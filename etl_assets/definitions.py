@@ -11,6 +11,7 @@ from __future__ import annotations
 import dagster as dg
 
 from etl_assets.assets.archive import build_archive_assets
+from etl_assets.assets.naming import archive_groups, replica_groups
 from etl_assets.assets.replica import build_replica_assets
 from etl_assets.assets.source import build_source_assets, build_table_sizes_asset
 from etl_assets.checks.replica import build_replica_checks
@@ -67,17 +68,19 @@ def build_resources(config: ProjectConfig) -> dict[str, dg.ConfigurableResource]
 
 def build_definitions(config: ProjectConfig) -> dg.Definitions:
     """Every asset, check, job, schedule and sensor for `config`."""
+    # The groups decide both the steps and the jobs; their partitions read the schema contracts.
+    archived, replicated = archive_groups(config), replica_groups(config)
     assets: list[dg.AssetsDefinition] = [
         build_table_sizes_asset(config=config),
         build_source_assets(config=config),
-        *build_archive_assets(config=config),
-        *build_replica_assets(config=config),
+        *build_archive_assets(config=config, groups=archived),
+        *build_replica_assets(config=config, groups=replicated),
     ]
     checks: list[dg.AssetChecksDefinition] = []
     replica_checks = build_replica_checks(config=config)
     if replica_checks is not None:
         checks.append(replica_checks)
-    table_jobs = build_table_jobs(config=config)
+    table_jobs = build_table_jobs(archive=archived, replica=replicated)
     checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
     sensors = [s for s in (build_new_rows_sensor(config=config, jobs=table_jobs),) if s is not None]
     sensors += build_alert_sensors(source_name=config.source.group_name)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from etl_assets.assets.naming import TableGroup, archive_groups, archive_key, replica_groups, replica_key
-from etl_assets.config import ProjectConfig, TableConfig
+from etl_assets.assets.naming import TableGroup, archive_key, replica_key
+from etl_assets.config import TableConfig
 
 
 @dataclass(frozen=True)
@@ -49,11 +49,11 @@ class TableJobs:
         return list({group.job.name: group.job for group in groups}.values())
 
 
-def build_table_jobs(*, config: ProjectConfig) -> TableJobs:
+def build_table_jobs(*, archive: list[TableGroup], replica: list[TableGroup]) -> TableJobs:
     """One asset job per group of tables partitioned alike (`naming.archive_groups`, `replica_groups`)."""
     return TableJobs(
         archive=_shared_jobs(
-            archive_groups(config),
+            archive,
             key_of=archive_key,
             describe=lambda group: (
                 f"Archive months of {group.listed()} ({group.tables[0].archive.retention if group.tables[0].archive else ''} "
@@ -62,7 +62,7 @@ def build_table_jobs(*, config: ProjectConfig) -> TableJobs:
             ),
         ),
         replica=_shared_jobs(
-            replica_groups(config),
+            replica,
             key_of=replica_key,
             describe=lambda group: (
                 f"Load new rows of {group.listed()} into the replica; the sensor runs one table per run."

@@ -17,7 +17,6 @@ from etl_assets.assets.naming import (
     ARCHIVE_VERIFIED_CHECK,
     SOURCE_POOL,
     TableGroup,
-    archive_groups,
     archive_key,
     derived_spec,
     source_kind,
@@ -81,13 +80,13 @@ def _metadata(reports: "list[ArchiveReport]", seconds: float) -> dict[str, Any]:
     return metadata
 
 
-def build_archive_assets(*, config: ProjectConfig) -> list[dg.AssetsDefinition]:
+def build_archive_assets(*, config: ProjectConfig, groups: list[TableGroup]) -> list[dg.AssetsDefinition]:
     """The `archive/<table>` assets: one step per group of tables archived alike (`naming.archive_groups`).
 
     Each asset keeps its own description, kinds, owners, tags and `archive_verified` check; a run
     materializes the tables it selects (a schedule's run: one) one after another in the step.
     """
-    return [_archive_group(config=config, group=group) for group in archive_groups(config)]
+    return [_archive_group(config=config, group=group) for group in groups]
 
 
 def _archive_spec(config: ProjectConfig, table: TableConfig) -> dg.AssetSpec:
@@ -139,9 +138,9 @@ def _archive_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefi
         archive_store: ArchiveStore,
         warehouse: WarehouseResource,
     ) -> Iterator[dg.MaterializeResult]:
-        selected = [table for key, table in tables.items() if key in context.selected_asset_keys]
         yield from each_table(
-            selected,
+            tables,
+            context.selected_asset_keys,
             lambda table: _archive_table(context, config, table, source, archive_store, warehouse),
             doing="archiving",
         )

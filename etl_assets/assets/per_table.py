@@ -11,7 +11,8 @@ why.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import ParamSpec, TypeVar
 
 import dagster as dg
@@ -72,20 +73,28 @@ class TableFailures:
         ) from self._first
 
 
-def each_table(tables: Sequence[TableConfig], work: Callable[[TableConfig], T], *, doing: str) -> Iterator[T]:
-    """Yield `work(table)` for each table in turn; a failure does not stop the tables after it.
+def each_table(
+    tables: Mapping[dg.AssetKey, TableConfig],
+    selected: AbstractSet[dg.AssetKey],
+    work: Callable[[TableConfig], T],
+    *,
+    doing: str,
+) -> Iterator[T]:
+    """Yield `work(table)` for each table whose asset the run selected, in turn (config order).
 
-    Once all have run, raise `TablesFailed` naming every table that failed. With one table (what a
-    schedule or the sensor starts) its error is raised as it is, as a step of its own would.
+    A failure does not stop the tables after it; once all have run, raise `TablesFailed` naming every
+    table that failed. With one table (what a schedule or the sensor starts) its error is raised as
+    it is, as a step of its own would.
 
     Raises:
         TablesFailed: one or more of several tables failed.
     """
-    if len(tables) == 1:
-        yield work(tables[0])
+    chosen = [table for key, table in tables.items() if key in selected]
+    if len(chosen) == 1:
+        yield work(chosen[0])
         return
-    failures = TableFailures(doing=doing, of_total=len(tables))
-    for table in tables:
+    failures = TableFailures(doing=doing, of_total=len(chosen))
+    for table in chosen:
         result = failures.run(f"table '{table.name}'", work, table)
         if result is not None:
             yield result

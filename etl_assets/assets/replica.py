@@ -16,7 +16,6 @@ from etl_assets.assets.naming import (
     SOURCE_POOL,
     TableGroup,
     derived_spec,
-    replica_groups,
     replica_key,
     source_kind,
     warehouse_kind,
@@ -61,13 +60,13 @@ def replica_metadata(report: "ReplicaReport", replica_rows: int, columns: dict[s
     return metadata
 
 
-def build_replica_assets(*, config: ProjectConfig) -> list[dg.AssetsDefinition]:
+def build_replica_assets(*, config: ProjectConfig, groups: list[TableGroup]) -> list[dg.AssetsDefinition]:
     """The `replica/<table>` assets: one step per group of tables replicated alike (`naming.replica_groups`).
 
     Each asset keeps its own description, kinds, owners and tags; a run loads the tables it selects
     (the sensor's run: one) one after another in the step.
     """
-    return [_replica_group(config=config, group=group) for group in replica_groups(config)]
+    return [_replica_group(config=config, group=group) for group in groups]
 
 
 def _replica_spec(config: ProjectConfig, table: TableConfig) -> dg.AssetSpec:
@@ -103,9 +102,9 @@ def _replica_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefi
     def _replica(
         context: dg.AssetExecutionContext, source: SourceDatabase, warehouse: WarehouseResource
     ) -> Iterator[dg.MaterializeResult]:
-        selected = [table for key, table in tables.items() if key in context.selected_asset_keys]
         yield from each_table(
-            selected,
+            tables,
+            context.selected_asset_keys,
             lambda table: _replica_table(context, config, table, source, warehouse),
             doing="replicating",
         )
