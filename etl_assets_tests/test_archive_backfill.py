@@ -279,12 +279,29 @@ def test_log_lines_from_every_thread_are_written_by_one_writer_in_call_order() -
         worker.start()
         worker.join()
         log("extracted January")
-    # Leaving the block waited for every line.
-    assert written == [
-        ("etl-log-writer", "extracting January"),
-        ("etl-log-writer", "purged December"),
-        ("etl-log-writer", "extracted January"),
-    ]
+    # Leaving the block waited for every line; lines logged within the gathering window are one event.
+    assert written == [("etl-log-writer", "extracting January\npurged December\nextracted January")]
+
+
+def test_lines_apart_are_separate_events_and_a_flush_does_not_wait_for_the_window() -> None:
+    written: list[str] = []
+    with LogRelay(written.append, gather_seconds=0.05) as log:
+        log("extracting January")
+        time.sleep(0.5)
+        # The window of the first line has closed: it is written without waiting for another line.
+        assert written == ["extracting January"]
+        log("extracted January")
+        log("verified January")
+    assert written == ["extracting January", "extracted January\nverified January"]
+
+    patient: list[str] = []
+    with LogRelay(patient.append, gather_seconds=60) as log:
+        log("one")
+        started = time.monotonic()
+        assert log.flush(timeout=5)
+        assert patient == ["one"] and time.monotonic() - started < 5
+        log("two")
+    assert patient == ["one", "two"]
 
 
 def test_logging_a_line_does_not_wait_for_the_sink() -> None:
@@ -295,7 +312,7 @@ def test_logging_a_line_does_not_wait_for_the_sink() -> None:
         log("one")
         log("two")
         gate.set()
-    assert seen == [(True, "one"), (True, "two")]
+    assert seen == [(True, "one\ntwo")]
 
 
 def test_a_failing_log_sink_is_raised_when_the_block_ends_unless_the_block_failed() -> None:
@@ -330,7 +347,7 @@ def test_lines_logged_before_a_failure_are_written_before_it_propagates() -> Non
 
     with pytest.raises(ArchiveError):
         failing_run()
-    assert written == ["extracted January", "verification failed: part 1 is missing"]
+    assert written == ["extracted January\nverification failed: part 1 is missing"]
 
 
 def test_outside_its_block_the_relay_writes_at_once() -> None:
