@@ -117,6 +117,10 @@ def test_arrow_reader_reads_in_bounded_slices(
     assert isinstance(counter, arrow_reader.ZeroDateCounter) and counter.slices >= in_window // 300
     assert len(queries) == counter.slices
     assert all(("FORCE INDEX (PRIMARY)" in q and "BETWEEN" in q) == by_key for q in queries)
+    # The archive's "extracted" line names the plan that ran.
+    assert client.reader_note == (
+        "Arrow (connectorx, key ranges)" if by_key else "Arrow (connectorx, time slices)"
+    )
     client.dispose()
 
 

@@ -190,6 +190,7 @@ class _OpenRead:
     rows: int
     batches: Generator[pa.RecordBatch, None, None]
     converter: ZeroDateCounts | None  # None when the window has no rows
+    reader: str = ""  # `SourceClient.reader_note` for this read (the next month's read may change it)
 
 
 def _close_read(started: Future[_OpenRead]) -> None:
@@ -524,7 +525,7 @@ class ArchiveJob:
                 stats=stats,
                 on_read=self._rows_read,
             )
-        return _OpenRead(stats.rows, batches, converter)
+        return _OpenRead(stats.rows, batches, converter, self.source.reader_note)
 
     def _rows_read(self) -> None:
         hook, self.on_rows_read = self.on_rows_read, None
@@ -601,7 +602,7 @@ class ArchiveJob:
             return None
         self.log(
             progress.line() + f"; staged {len(parts)} part(s), {self.report.bytes_written:,} bytes; "
-            f"reader: {self.source.reader_note}"
+            f"reader: {opened.reader}"
         )
         repeated = repeated_hashes(seen_hashes)
         if repeated:

@@ -581,6 +581,7 @@ class SourceClient:
             return forms
 
         if key_ranges is not None:
+            self.reader_note = "Arrow (connectorx, key ranges)"
             key = table.c[source.primary_key[0]]
             by_key = selects(hint=True)
             return (
