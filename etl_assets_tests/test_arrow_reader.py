@@ -90,22 +90,28 @@ def test_auto_falls_back_to_pymysql_when_the_url_needs_it_and_arrow_refuses(mysq
     strict.dispose()
 
 
+def _seed_january_with_spread_keys(mysql_url: str, key_step: int) -> set[int]:
+    """2,000 rows in January 2023 with ids `key_step` apart, every 7th id moved to February (rows of
+    another month inside January's key range, which a key-range read must skip); January's ids."""
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=2000)
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE visits SET id = id * :step ORDER BY id DESC"), {"step": key_step})
+        conn.execute(sa.text("UPDATE visits SET updated_at = '2023-02-10' WHERE id % 7 = 0"))
+        january = {
+            row[0] for row in conn.execute(sa.text("SELECT id FROM visits WHERE updated_at < '2023-02-01'"))
+        }
+    engine.dispose()
+    return january
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(("key_step", "by_key"), [(1, True), (2, True), (4, False)])
 def test_arrow_reader_reads_in_bounded_slices(
     mysql_url: str, key_step: int, by_key: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Keys spread up to 3x the window's rows are read in key ranges, sparser keys in time slices."""
-    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=2000)
-    engine = sa.create_engine(mysql_url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE visits SET id = id * :step ORDER BY id DESC"), {"step": key_step})
-        # rows outside the window, inside its key range: the key-range reads must skip them
-        conn.execute(sa.text("UPDATE visits SET updated_at = '2023-02-10' WHERE id % 7 = 0"))
-        in_window = conn.execute(
-            sa.text("SELECT COUNT(*) FROM visits WHERE updated_at < '2023-02-01'")
-        ).scalar_one()
-    engine.dispose()
+    in_window = len(_seed_january_with_spread_keys(mysql_url, key_step))
     queries = record_slice_queries(monkeypatch)
     client = SourceClient(mysql_url, reader="arrow")
     table = client.reflect("visits")
@@ -121,6 +127,25 @@ def test_arrow_reader_reads_in_bounded_slices(
     assert client.reader_note == (
         "Arrow (connectorx, key ranges)" if by_key else "Arrow (connectorx, time slices)"
     )
+    client.dispose()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("key_step", "by_key"), [(2, True), (4, False)])
+def test_a_window_that_fits_in_one_read_is_one_query_of_exactly_its_rows(
+    mysql_url: str, key_step: int, by_key: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    expected = _seed_january_with_spread_keys(mysql_url, key_step)
+    queries = record_slice_queries(monkeypatch)
+    client = SourceClient(mysql_url, reader="arrow")
+    table = client.reflect("visits")
+    # 2,000 key values (4,000 or 8,000 apart by step) but fewer rows than chunk_rows in the window
+    batches, _ = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=len(expected)
+    )
+    read = [key for b in batches for key in b.column("id").to_pylist()]
+    assert sorted(read) == sorted(expected) and len(read) == len(set(read))
+    assert len(queries) == 1 and ("FORCE INDEX (PRIMARY)" in queries[0]) == by_key
     client.dispose()
 
 
