@@ -190,7 +190,7 @@ class _OpenRead:
     rows: int
     batches: Generator[pa.RecordBatch, None, None]
     converter: ZeroDateCounts | None  # None when the window has no rows
-    reader: str = ""  # `SourceClient.reader_note` for this read (the next month's read may change it)
+    reader: str  # `SourceClient.reader_note` for this read (the next month's read may change it)
 
 
 def _close_read(started: Future[_OpenRead]) -> None:
@@ -955,8 +955,7 @@ class LogRelay:
         passed first."""
         with self._progress:
             target = self._queued
-        self._lines.put(_WRITE_NOW)
-        with self._progress:
+            self._lines.put(_WRITE_NOW)
             return self._progress.wait_for(lambda: self._written >= target, timeout)
 
     def _write_lines(self) -> None:
