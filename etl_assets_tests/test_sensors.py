@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from etl_assets.definitions import build_definitions
+from etl_assets.lib.windows import add_months, archive_cutoff, check_archive_eligible, month_window
 from etl_assets.sensors.new_rows import SENSOR_NAME
 from etl_assets_tests.support import config_for, seed_visits
 
@@ -177,3 +178,40 @@ def test_archive_schedules_request_their_table_in_the_shared_job() -> None:
             scheduled_execution_time=datetime(2024, 6, 2, 3, 0, tzinfo=UTC), repository_def=repository
         )
         assert not schedule.evaluate_tick(too_early).run_requests
+
+
+@pytest.mark.parametrize("retention", ["1 day", "30 days", "45 days", "6 weeks", "90 days", "1 month"])
+def test_the_newest_listed_month_is_eligible_on_every_day_of_two_years(retention: str) -> None:
+    """A retention in days reaches back one or two month starts depending on the day: the partition
+    list must hold back the larger count, or the schedule requests a month the run refuses."""
+    tables = f"  - name: visits\n    primary_key: [id]\n    archive: {{retention: {retention}, start: '2020-01'}}\n"
+    config = config_for(source_url="sqlite:///unused.db", archive_url="unused-archive", tables=tables)
+    defs = build_definitions(config)
+    repository = defs.get_repository_def()
+    schedule = defs.resolve_schedule_def("archive_visits_schedule")
+    partitions = repository.get_job(schedule.job_name).partitions_def
+    assert partitions is not None
+    period = config.tables[0].archive.retention_period  # type: ignore[union-attr]
+    listed_late = 0
+    day = datetime(2027, 1, 1, tzinfo=UTC)
+    while day < datetime(2029, 1, 1, tzinfo=UTC):
+        for moment in (day, day + timedelta(hours=23, minutes=59)):
+            with dg.partition_loading_context(effective_dt=moment):
+                newest = partitions.get_last_partition_key()
+            assert newest is not None
+            check_archive_eligible(month_window(newest), period, moment)  # raises when refused
+            if add_months(month_window(newest).end, 1) <= archive_cutoff(period, moment):
+                listed_late += 1  # the month after it was eligible already
+        day += timedelta(days=1)
+    # Held back no more than needed: a retention in whole months lists each month as it becomes eligible.
+    if period.unit == "months":
+        assert listed_late == 0
+    assert listed_late < 2 * 731
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2027, 3, 2, 3, 0, tzinfo=UTC), repository_def=repository
+    )
+    [request] = schedule.evaluate_tick(context).run_requests or []
+    assert request.partition_key is not None
+    check_archive_eligible(
+        month_window(request.partition_key), period, datetime(2027, 3, 2, 3, 0, tzinfo=UTC)
+    )

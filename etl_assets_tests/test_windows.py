@@ -16,6 +16,7 @@ from etl_assets.lib.windows import (
     last_eligible_month_end,
     month_start,
     months_between,
+    months_held_back,
     parse_period,
     utc,
 )
@@ -235,3 +236,18 @@ def test_key_slices_cover_the_range_in_bounded_steps() -> None:
     assert key_slices(top - 4, top, 2) == [(top - 4, top - 3), (top - 2, top - 1), (top, top)]
     with pytest.raises(ValueError, match="width"):
         key_slices(1, 2, 0)
+
+
+@pytest.mark.parametrize(
+    ("retention", "months"),
+    [("1 day", 1), ("28 days", 1), ("29 days", 2), ("30 days", 2), ("4 weeks", 1), ("60 days", 3),
+     ("365 days", 12), ("1 month", 1), ("2 years", 24)],
+)  # fmt: skip
+def test_months_held_back_is_the_furthest_a_retention_reaches_on_any_day(retention: str, months: int) -> None:
+    period = parse_period(retention, allowed=RETENTION_UNITS, what="retention")
+    assert months_held_back(period) == months
+    # 29 days on 1 March 2027 (after a 28-day February) reach back to 31 January: the newest eligible
+    # month is December, two months back; 28 days reach 1 February: January, one month back.
+    if retention in ("28 days", "29 days"):
+        first_of_march = at(2027, 3, 1)
+        assert months_between(last_eligible_month_end(period, first_of_march), first_of_march) == months

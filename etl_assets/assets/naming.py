@@ -13,7 +13,7 @@ from datetime import date
 import dagster as dg
 
 from etl_assets.config import ProjectConfig, TableConfig
-from etl_assets.lib.windows import Period
+from etl_assets.lib.windows import months_held_back
 
 SOURCE_POOL = "etl_source"
 DEFAULT_START = date(2000, 1, 1)
@@ -99,25 +99,17 @@ def contract_oldest(config: ProjectConfig, table: TableConfig) -> date | None:
         return None
 
 
-def retention_months(period: Period) -> int:
-    """Whole months a retention spans, rounded down (days and weeks counted as 30/7-day months)."""
-    if period.unit == "years":
-        return period.amount * 12
-    if period.unit == "months":
-        return period.amount
-    days = period.amount * (7 if period.unit == "weeks" else 1)
-    return days // 31
-
-
 def archive_partitions(config: ProjectConfig, table: TableConfig) -> dg.MonthlyPartitionsDefinition:
     """Monthly partitions from `archive.start` (or the contract's oldest row) to the last month retention allows.
 
-    A negative end offset keeps months inside the retention period out of the partition list; the run
-    itself re-checks eligibility against the clock, so a day-based retention can never archive early.
+    A negative end offset keeps months inside the retention period out of the partition list: as many
+    months as the retention can reach back on any day (`months_held_back`), so the newest listed month
+    (what the monthly schedule requests) is always eligible. The run itself re-checks eligibility
+    against the clock.
     """
     assert table.archive is not None
     start = table.archive.start_date or contract_oldest(config, table) or DEFAULT_START
-    offset = -retention_months(table.archive.retention_period)
+    offset = -months_held_back(table.archive.retention_period)
     return dg.MonthlyPartitionsDefinition(start_date=start.replace(day=1).isoformat(), end_offset=offset)
 
 
@@ -169,7 +161,7 @@ def archive_groups(config: ProjectConfig) -> list[TableGroup]:
 
     def name(table: TableConfig, partitions: dg.TimeWindowPartitionsDefinition) -> str:
         assert table.archive is not None
-        return f"since_{partitions.start:%Y_%m}_keep_{retention_months(table.archive.retention_period)}m"
+        return f"since_{partitions.start:%Y_%m}_keep_{months_held_back(table.archive.retention_period)}m"
 
     archived = [t for t in config.tables if t.archive is not None]
     return _grouped("archive", archived, partitions_of=lambda t: archive_partitions(config, t), name_of=name)

@@ -135,6 +135,27 @@ def last_eligible_month_end(retention: Period, now: datetime) -> datetime:
     return month_start(archive_cutoff(retention, now))
 
 
+def months_held_back(retention: Period) -> int:
+    """How many whole months before the current one the newest archivable month ends, at worst.
+
+    A list of monthly partitions can hold back only a fixed number of months (Dagster's end offset),
+    while a retention in days or weeks reaches back across one or two month starts depending on the
+    day and the months' lengths (30 days on 1 March reach into January). This is the largest count
+    over every month of a four-year cycle (every month length, a leap February included), so every
+    month a partition list holds is eligible on every day; a month may be listed up to a month after
+    it became eligible, never before. Months and years reach back a fixed count.
+
+    Example: `months_held_back(Period(30, "days"))` is 2; `months_held_back(Period(1, "years"))` is 12.
+    """
+    if retention.unit in ("months", "years"):
+        return retention.amount * (12 if retention.unit == "years" else 1)
+    worst = 0
+    for index in range(48):  # the newest month end is furthest back on a month's first instant
+        first = datetime(2024 + index // 12, index % 12 + 1, 1, tzinfo=UTC)
+        worst = max(worst, months_between(last_eligible_month_end(retention, first), first))
+    return worst
+
+
 def check_archive_eligible(window: Window, retention: Period, now: datetime) -> None:
     """Refuse a window that still holds rows inside the retention period.
 
