@@ -131,6 +131,39 @@ def test_arrow_reader_reads_in_bounded_slices(
 
 
 @pytest.mark.integration
+def test_an_hour_too_big_for_one_slice_streams_the_window_through_the_cursor(
+    mysql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bulk UPDATE stamps 1,500 rows with one second: as a time slice connectorx would hold them all
+    at once, whatever chunk_rows says. The window is streamed instead, in batches of chunk_rows."""
+    expected = _seed_january_with_spread_keys(mysql_url, key_step=4)  # sparse keys: the time plan
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE visits SET updated_at = '2023-01-20 10:00:00' WHERE updated_at < '2023-02-01' LIMIT 1500"
+            )
+        )
+    engine.dispose()
+    queries = record_slice_queries(monkeypatch)
+    client = SourceClient(mysql_url, reader="arrow")
+    table = client.reflect("visits")
+    batches, counter = client.stream_window(
+        table, schema=arrow_schema(table), time_column="updated_at", window=JAN_2023, chunk_rows=300
+    )
+    sizes, read = [], []
+    for batch in batches:
+        sizes.append(batch.num_rows)
+        read += batch.column("id").to_pylist()
+    assert sorted(read) == sorted(expected) and len(read) == len(set(read))
+    assert max(sizes) <= 300, "memory bounded by chunk_rows"
+    assert queries == [], "no connectorx slice"
+    assert not isinstance(counter, arrow_reader.ZeroDateCounter)
+    assert client.reader_note.startswith("PyMySQL (streaming cursor): one hour of the window holds 1,5")
+    client.dispose()
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize(("key_step", "by_key"), [(2, True), (4, False)])
 def test_a_window_that_fits_in_one_read_is_one_query_of_exactly_its_rows(
     mysql_url: str, key_step: int, by_key: bool, monkeypatch: pytest.MonkeyPatch

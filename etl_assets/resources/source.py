@@ -52,6 +52,10 @@ Past it, the scans would read more rows outside the window than the per-row look
 index cost (a clustered range scan reads rows ~2-4x cheaper than a lookup each, `make bench`).
 """
 
+OVERSIZED_HOUR_FACTOR = 4
+"""connectorx holds a slice whole: a window with an hour of more than this many times chunk_rows rows
+(time slices are whole hours) is streamed through the server-side cursor instead."""
+
 
 class SourceError(RuntimeError):
     """The source refused or failed an operation; the message says which table and what to do."""
@@ -496,8 +500,10 @@ class SourceClient:
 
         table = self._table(source.name, source.column_names)
         fast_url = self._fast_reader_url()
+        queries = None
         if fast_url is not None:
             queries = self._slice_queries(source, table, time_column, window, chunk_rows, stats)
+        if fast_url is not None and queries is not None:
             # A table that held a zero date in one window likely holds more: its later windows read
             # guarded dates from the start instead of failing a slice first (arrow_reader.py).
             earlier = self._date_counters.get(source.name)
@@ -536,7 +542,7 @@ class SourceClient:
         window: Window,
         chunk_rows: int,
         stats: WindowStats | None,
-    ) -> Iterator[SliceSql]:
+    ) -> Iterator[SliceSql] | None:
         """One SELECT per slice of the window of at most `chunk_rows` rows, as literal SQL for connectorx.
 
         Two plans, both reading every row of the window exactly once:
@@ -549,6 +555,10 @@ class SourceClient:
         - Time slices otherwise: whole hours, packed from an index-only count per hour of the window.
 
         A window whose rows (by `stats`) fit in `chunk_rows` is one SELECT either way.
+
+        None when the time plan would hold one hour of more than `OVERSIZED_HOUR_FACTOR` x `chunk_rows`
+        rows (a bulk UPDATE stamps many rows with one time): connectorx reads a slice whole, so such
+        a window is streamed through the server-side cursor instead, which bounds memory by `chunk_rows`.
 
         The plan is made now; each SELECT is rendered only when the reader gets to it (in the form it
         asks for: plain or guarded date columns), so a long window holds its slice bounds, not its
@@ -598,8 +608,16 @@ class SourceClient:
             counts_sql = sa.select(hour, sa.func.count()).where(window_filter).group_by(hour)
             with self.engine.connect() as conn:
                 counts = [(datetime.fromisoformat(str(h)), int(n)) for h, n in conn.execute(counts_sql)]
-            pieces = [piece for piece, _ in pack_slices(window, counts, chunk_rows)]
+            packed = pack_slices(window, counts, chunk_rows)
             del counts
+            largest = max((rows for _, rows in packed), default=0)
+            if largest > OVERSIZED_HOUR_FACTOR * chunk_rows:
+                self.reader_note = (
+                    f"PyMySQL (streaming cursor): one hour of the window holds {largest:,} rows, more than "
+                    f"{OVERSIZED_HOUR_FACTOR} x chunk_rows ({chunk_rows:,}) can read at once"
+                )
+                return None
+            pieces = [piece for piece, _ in packed]
         return (
             partial(_render_slice, render, base, self._window_filter(table, source, time_column, piece))
             for piece in pieces
