@@ -128,6 +128,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     """Put the archived rows of one partition back into the source."""
     from etl_assets.config import resolve_setting
     from etl_assets.engine.archive import ArchiveError, restore_partition
+    from etl_assets.resources.source import LockBusyError
     from etl_assets.resources.store import open_store
 
     config = _config(args)
@@ -149,7 +150,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         source_table = client.reflect(table.name, primary_key=table.primary_key)
         report = restore_partition(source=client, store=store, source_table=source_table, table=table.name,
-                                   month=month, log=lambda m: print(f"  {m}"))  # fmt: skip
+                                   month=month, log=lambda m: print(f"  {m}"),
+                                   lock_timeout_seconds=config.source.lock_timeout_seconds)  # fmt: skip
+    except LockBusyError as exc:
+        raise CliError(str(exc), "run restore again once that archive run has finished") from exc
     except ArchiveError as exc:
         hint = (
             f"restore reads a committed archive partition; `etl-assets plan {table.name}` lists the months "

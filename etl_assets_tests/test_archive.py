@@ -160,7 +160,7 @@ def test_replica_guard_keeps_rows_the_replica_does_not_hold(seeded: dict[str, An
     held = set(january[: len(january) // 2])
 
     class HalfReplica:
-        def present(self, keys: list[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
+        def holds(self, keys: list[tuple[Any, ...]], times: list[Any]) -> set[tuple[Any, ...]]:
             return {k for k in keys if k[0] in held}
 
     report = make_job(url, store, guard=HalfReplica()).run()
@@ -238,6 +238,60 @@ def test_restore_puts_rows_back_identically(seeded: dict[str, Any], store: Any) 
     assert restored == original
     assert report.rows_restored == len(original) and report.rows_already_present == 0
     assert again.rows_restored == 0 and again.rows_already_present == len(original)
+
+
+@pytest.mark.parametrize("purge", [True, False])
+def test_archiving_restored_rows_again_never_archives_a_key_twice(
+    seeded: dict[str, Any], store: Any, purge: bool
+) -> None:
+    """Restored rows are in the source and in the archive at once; a re-run of their partition must
+    put neither them nor another version of their keys into the queryable view a second time."""
+    url = seeded["url"]
+    tables = TABLES if purge else TABLES.replace("part_rows: 1000", "part_rows: 1000, purge: false")
+    january = month_keys(url, JAN_2023)
+    make_job(url, store).run()  # archived and purged
+    client = SourceClient(url)
+    restore_partition(source=client, store=store, source_table=client.reflect("visits"), table="visits",
+                      month=JAN_2023.start, log=lambda m: None)  # fmt: skip
+    client.dispose()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        # One restored row changed inside January; one row new in January.
+        moved = conn.execute(
+            sa.text(
+                "SELECT MIN(id) FROM visits WHERE updated_at >= '2023-01-01' AND updated_at < '2023-02-01'"
+            )
+        ).scalar_one()
+        conn.execute(
+            sa.text("UPDATE visits SET updated_at = '2023-01-31 12:00:00.5' WHERE id = :id"), {"id": moved}
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO visits (patient_id, status, amount, notes, payload, is_paid, created_at, updated_at) "
+                "VALUES (1, 'completed', 1.00, 'late', '{}', 0, '2023-01-14', '2023-01-15 08:00:00')"
+            )
+        )
+        new_key = conn.execute(sa.text("SELECT MAX(id) FROM visits")).scalar_one()
+    engine.dispose()
+    if not purge:
+        # With the purge off, the first run's archive stands: the re-run must not add to it.
+        make_job(url, store, tables=tables).run()
+        assert sorted(archived_keys(store)) == sorted(january)
+        return
+    log: list[str] = []
+    report = make_job(url, store, log=log.append).run()
+
+    archived = archived_keys(store)
+    assert len(archived) == len(set(archived)), "no key twice in the queryable archive"
+    assert set(archived) == set(january) | {new_key}
+    assert source_keys(url) & set(january) == {moved}, "the changed row stays; its archived version differs"
+    assert report.rows_already_archived == len(january) - 1
+    assert report.rows_kept_archived_differently == 1
+    assert report.rows_committed == 1, "only the new row is archived again"
+    assert any("another updated_at value" in line for line in log)
+    manifests = sorted(committed(store), key=lambda m: m.rows)
+    assert [m.rows for m in manifests] == [1, len(january)]
+    assert manifests[0].counts["already_archived"] == len(january) - 1
 
 
 def test_verification_failure_stops_before_any_delete(seeded: dict[str, Any], store: Any) -> None:

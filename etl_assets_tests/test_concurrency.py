@@ -55,7 +55,7 @@ def test_archive_and_replica_of_one_table_at_once(
         try:
             ArchiveJob(source=client, store=store, table=table, source_table=client.reflect("visits"),
                        partition_key="2023-01-01", window=JAN, run_id=uuid.uuid4().hex, now=datetime.now(UTC),
-                       log=lambda m: None, replica_guard=ReplicaKeys(warehouse, "visits", ["id"])).run()  # fmt: skip
+                       log=lambda m: None, replica_guard=ReplicaKeys(warehouse, "visits", ["id"], "updated_at")).run()  # fmt: skip
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
         finally:
@@ -79,6 +79,61 @@ def test_archive_and_replica_of_one_table_at_once(
     engine.dispose()
     assert set(in_archive) <= replica_keys, "a row left the source before the replica held it"
     assert replica_keys == original, "the replica holds every row, archived or not"
+
+
+def test_a_row_updated_after_the_replica_load_stays_until_the_replica_has_that_version(
+    mysql_url: str, s3_bucket: str, pg_server_url: str, pg_schema: str
+) -> None:
+    """The replica holds an older version of a row (updated after its last load, time still in the
+    archived month): purging it would leave the replica with that old version for good."""
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=600)
+    config = config_for(source_url=mysql_url, archive_url=f"s3://{s3_bucket}/a", warehouse_url=pg_server_url,
+                        warehouse_schema=pg_schema,
+                        tables="  - name: visits\n    archive: {retention: 1 year, batch_size: 100}\n"
+                               "    replica: {start: 2023-01-01, lag: 0 minutes}\n")  # fmt: skip
+    table = config.tables[0]
+    store = open_store(f"s3://{s3_bucket}/a", region="us-east-1")
+
+    def replicate() -> None:
+        client, warehouse = SourceClient(mysql_url), WarehouseClient(url=pg_server_url, schema=pg_schema)
+        ReplicaJob(source=client, warehouse=warehouse, table=table, source_table=client.reflect("visits"),
+                   window=JAN, run_id=uuid.uuid4().hex, log=lambda m: None).run()  # fmt: skip
+        warehouse.close()
+        client.dispose()
+
+    def archive() -> Any:
+        client, warehouse = SourceClient(mysql_url), WarehouseClient(url=pg_server_url, schema=pg_schema)
+        report = ArchiveJob(source=client, store=store, table=table, source_table=client.reflect("visits"),
+                            partition_key="2023-01-01", window=JAN, run_id=uuid.uuid4().hex, now=datetime.now(UTC),
+                            log=lambda m: None,
+                            replica_guard=ReplicaKeys(warehouse, "visits", ["id"], "updated_at")).run()  # fmt: skip
+        warehouse.close()
+        client.dispose()
+        return report
+
+    replicate()
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        updated = conn.execute(sa.text("SELECT MIN(id) FROM visits")).scalar_one()
+        conn.execute(
+            sa.text(
+                "UPDATE visits SET notes = 'corrected', updated_at = updated_at + INTERVAL 1 SECOND WHERE id = :id"
+            ),
+            {"id": updated},
+        )
+    engine.dispose()
+
+    first = archive()
+    assert updated in source_keys(mysql_url), "the replica holds only the older version"
+    assert first.rows_kept_not_in_replica == 1 and first.rows_purged == 599
+    assert updated not in archived_keys(store)
+
+    replicate()  # the replica now holds the corrected version: the next run archives it
+    second = archive()
+    assert second.rows_purged == 1 and source_keys(mysql_url) == set()
+    in_archive = archived_keys(store)
+    current().checked(rows=600, lost=600 - len(set(in_archive)))
+    assert len(in_archive) == len(set(in_archive)) == 600
 
 
 def test_two_archives_of_one_partition_at_once(mysql_url: str, s3_bucket: str) -> None:

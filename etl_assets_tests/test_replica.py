@@ -517,12 +517,17 @@ def test_composite_primary_key_is_kept_whole(rig: Rig) -> None:
 
     client = WarehouseClient(url=rig.warehouse_url, schema=rig.schema)
     try:
-        present = ReplicaKeys(client, "line_items", ["order_id", "line_no"]).present(
-            [(1, 1), (1, 2), (1, 3), (2, 1)]
-        )
+        guard = ReplicaKeys(client, "line_items", ["order_id", "line_no"], "updated_at")
+        keys = [(1, 1), (1, 2), (1, 3), (2, 1), (2, 1)]
+        # The archive's view of each row: (1, 2) as the replica has it, (1, 1) older than the replica's
+        # copy (as an aware UTC value), (2, 1) once as loaded and once newer (updated after the load).
+        times = [at(DAY, 0).replace(tzinfo=UTC), at(DAY, 5), at(DAY, 1), at(DAY, 1), at(DAY, 1.5)]
+        held = [guard.holds([key], [time]) for key, time in zip(keys, times, strict=True)]
     finally:
         client.close()
-    assert present == {(1, 1), (1, 2), (2, 1)}
+    assert held == [{(1, 1)}, {(1, 2)}, set(), {(2, 1)}, set()], (
+        "held: the same or a newer version; not held: missing, or only an older version"
+    )
 
 
 def test_target_schema_is_quoted_exactly_and_the_table_lands_there(rig: Rig) -> None:

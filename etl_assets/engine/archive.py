@@ -84,10 +84,10 @@ class PurgeStopped(ArchiveError):
 
 
 class ReplicaGuard(Protocol):
-    """Tells which archived keys the warehouse replica already holds (invariant: replica first)."""
+    """Tells which archived rows the warehouse replica already holds (invariant: replica first)."""
 
-    def present(self, keys: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """The subset of `keys` present in the replica."""
+    def holds(self, keys: Sequence[tuple[Any, ...]], times: Sequence[Any]) -> set[tuple[Any, ...]]:
+        """The subset of `keys` whose replica row has the archived time value (`times`) or a newer one."""
         ...
 
 
@@ -105,6 +105,10 @@ class ArchiveReport:
     rows_kept_changed: int = 0
     rows_kept_not_in_replica: int = 0
     rows_kept_deadline: int = 0
+    # Rows the partition's committed archive already holds (put back by `restore`, or re-inserted):
+    # the same version is purged without being archived twice; another version stays in the source.
+    rows_already_archived: int = 0
+    rows_kept_archived_differently: int = 0
     null_time_rows: int = 0
     zero_dates_nulled: int = 0
     bytes_written: int = 0
@@ -196,6 +200,47 @@ class _OpenRead:
 def _close_read(started: Future[_OpenRead]) -> None:
     if not started.cancelled() and started.exception() is None:
         started.result().batches.close()
+
+
+class _ArchivedVersions:
+    """Keys and time values of a partition's committed archive, to tell rows it already holds.
+
+    A row is in the source and in the committed archive at once after `restore` put it back (or an
+    application re-inserted its key). Archiving it again would put its key into the queryable view
+    twice; so a re-run purges the rows whose archived version is the same (key and time value) without
+    committing them again, and keeps in the source those whose key is archived with another time value.
+    Matching is exact: 64-bit key hashes only preselect the rows whose tuples are compared.
+    """
+
+    def __init__(self, table: pa.Table, primary_key: list[str], time_column: str) -> None:
+        self.table = table
+        self.primary_key = primary_key
+        self.time_column = time_column
+        self.hashes = pk_hashes([table.column(n) for n in primary_key])
+
+    def split(self, rows: pa.Table) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        """Keys of `rows` archived with the same time value, and keys archived with another one."""
+        hashes = pk_hashes([rows.column(n) for n in self.primary_key])
+        hit = np.isin(hashes, self.hashes)
+        if not hit.any():
+            return set(), set()
+        candidates = rows.filter(pa.array(hit))
+        archived = self.table.filter(pa.array(np.isin(self.hashes, hashes[hit])))
+        versions: dict[tuple[Any, ...], set[Any]] = {}
+        for key, value in zip(
+            key_tuples(archived, self.primary_key), archived.column(self.time_column).to_pylist(), strict=True
+        ):
+            versions.setdefault(key, set()).add(value)
+        same: set[tuple[Any, ...]] = set()
+        other: set[tuple[Any, ...]] = set()
+        for key, value in zip(
+            key_tuples(candidates, self.primary_key),
+            candidates.column(self.time_column).to_pylist(),
+            strict=True,
+        ):
+            if key in versions:
+                (same if value in versions[key] else other).add(key)
+        return same, other
 
 
 class ArchiveJob:
@@ -685,20 +730,65 @@ class ArchiveJob:
         """Purge what was verified (unless purge is off), then commit it."""
         kept: dict[str, set[tuple[Any, ...]]] = {}
         try:
+            archived = self._archived_versions(manifest.run_id)
             if self.settings.purge:
-                kept = self._purge(manifest)
-            elif manifest.repeated_key_hashes:
-                # Without a purge the rows read twice still must not enter the archive twice.
+                kept = self._purge(manifest, archived)
+            elif manifest.repeated_key_hashes or archived is not None:
+                # Without a purge the rows read twice, or archived already, still must not enter the
+                # archive twice.
                 with tempfile.TemporaryDirectory(prefix="etl-keep-") as tmp:
                     for part in manifest.parts:
-                        table = self._read_part(part.key, self.primary_key, Path(tmp))
+                        table = self._read_part(part.key, [*self.primary_key, self.time_column], Path(tmp))
                         self._check_part(part, table)
                         kept[part.key] = self._keep_repeated(manifest, table)
+                        if archived is not None:
+                            same, other = archived.split(table)
+                            self.report.rows_already_archived += len(same)
+                            self.report.rows_kept_archived_differently += len(other)
+                            kept[part.key] |= same | other
         finally:
             self._discard_verified_copies()
         self._commit(manifest, kept)
 
-    def _purge(self, manifest: Manifest) -> dict[str, set[tuple[Any, ...]]]:
+    def _archived_versions(self, own_run_id: str) -> _ArchivedVersions | None:
+        """Keys and time values of the partition's committed archive (other runs'), or None if empty.
+
+        Each committed part is checked against its manifest (count and key digest) as it is read."""
+        manifests = [m for m in self._committed_manifests() if m.run_id != own_run_id]
+        if not manifests:
+            return None
+        columns = [*self.primary_key, self.time_column]
+        wanted = pa.schema([self.schema.field(n) for n in columns])
+        tables: list[pa.Table] = []
+        with tempfile.TemporaryDirectory(prefix="etl-archived-") as tmp:
+            for manifest in manifests:
+                for part in manifest.parts:
+                    try:
+                        table = self._read_part(part.key, columns, Path(tmp))
+                    except StoreError as exc:
+                        raise ArchiveError(
+                            f"table '{self.table.name}' partition {self.partition_key}: the committed archive "
+                            f"cannot be read to leave out rows it already holds: {exc}; nothing more was deleted, "
+                            "re-run once the store answers"
+                        ) from None
+                    self._check_part(part, table)
+                    try:
+                        tables.append(table.select(columns).cast(wanted))
+                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                        raise ArchiveError(
+                            f"table '{self.table.name}' partition {self.partition_key}: committed part "
+                            f"{self.store.url(part.key)} holds {', '.join(columns)} as types that cannot be compared "
+                            f"with today's columns ({exc}); nothing more was deleted"
+                        ) from None
+        self.log(
+            f"partition {self.partition_key} is archived already by run(s) {', '.join(m.run_id for m in manifests)}: "
+            f"rows it holds are purged without being archived twice"
+        )
+        return _ArchivedVersions(pa.concat_tables(tables), self.primary_key, self.time_column)
+
+    def _purge(
+        self, manifest: Manifest, archived: _ArchivedVersions | None
+    ) -> dict[str, set[tuple[Any, ...]]]:
         started = time.monotonic()
         deadline = started + self.settings.max_run_seconds if self.settings.max_run_seconds else None
         kept: dict[str, set[tuple[Any, ...]]] = {}
@@ -714,6 +804,17 @@ class ArchiveJob:
                 table = self._read_part(part.key, [*self.primary_key, self.time_column], Path(tmp))
                 self._check_part(part, table)
                 part_kept = self._keep_repeated(manifest, table)
+                # Archived already with the same time value: deleted below, never committed again.
+                # Archived with another time value: stays in the source (kept), never committed again.
+                already, other_version = archived.split(table) if archived is not None else (set(), set())
+                if other_version:
+                    self.log(
+                        f"{len(other_version):,} row(s) have keys the partition's archive holds with another "
+                        f"{self.time_column} value; they stay in the source (restore them, or delete them by hand)"
+                    )
+                    self.report.rows_kept_archived_differently += len(other_version)
+                    part_kept |= other_version
+                self.report.rows_already_archived += len(already)
                 if part_kept:
                     table = table.filter(
                         pa.array([key not in part_kept for key in key_tuples(table, self.primary_key)])
@@ -746,7 +847,9 @@ class ArchiveJob:
                     eligible = batch
                     if self.replica_guard is not None:
                         batch_keys = key_tuples(batch, self.primary_key)
-                        in_replica = self.replica_guard.present(batch_keys)
+                        in_replica = self.replica_guard.holds(
+                            batch_keys, batch.column(self.time_column).to_pylist()
+                        )
                         present = [k in in_replica for k in batch_keys]
                         missing = [k for k, hit in zip(batch_keys, present, strict=True) if not hit]
                         if missing:
@@ -764,12 +867,12 @@ class ArchiveJob:
                     progress.add(batch.num_rows)
                     if self.settings.pause_seconds:
                         time.sleep(self.settings.pause_seconds)
-                kept[part.key] = part_kept
+                kept[part.key] = part_kept | already
         self.report.purge_seconds += time.monotonic() - started
         self.log(
             progress.line()
             + f"; deleted {self.report.rows_purged:,}, kept {self.report.rows_kept_changed:,} changed since read, "
-            f"{self.report.rows_kept_not_in_replica:,} not yet in the replica; longest delete transaction "
+            f"{self.report.rows_kept_not_in_replica:,} not yet in the replica as archived; longest delete transaction "
             f"{self.report.longest_delete_seconds:.3f}s"
         )
         return kept
@@ -864,6 +967,8 @@ class ArchiveJob:
                 "kept_changed": self.report.rows_kept_changed,
                 "kept_not_in_replica": self.report.rows_kept_not_in_replica,
                 "kept_deadline": self.report.rows_kept_deadline,
+                "already_archived": self.report.rows_already_archived,
+                "kept_archived_differently": self.report.rows_kept_archived_differently,
                 "zero_dates_nulled": self.report.zero_dates_nulled,
             },
         )
@@ -1243,14 +1348,19 @@ def restore_partition(
     month: datetime,
     log: Log,
     batch_size: int = 5000,
+    lock_timeout_seconds: float = 0,
 ) -> RestoreReport:
     """Put archived rows of a partition back into the source, skipping keys already present.
 
     Every part is checked against its manifest (row count and key digest) before anything is inserted,
     so a corrupted or truncated part is reported instead of half-restored.
 
+    A row restored unchanged leaves the source again, without a second copy, when its partition is
+    archived again (`_ArchivedVersions`).
+
     Raises:
         ArchiveError: no committed archive for the partition, or a part does not match its manifest.
+        LockBusyError: an archive run of the table holds its lock longer than `lock_timeout_seconds`.
     """
     manifests = committed_manifests(store, table, month)
     if not manifests:
@@ -1263,11 +1373,17 @@ def restore_partition(
     )
     packet_limit = _max_packet(source)
     report = RestoreReport()
-    with tempfile.TemporaryDirectory(prefix="etl-restore-") as tmp:
-        tables: list[pa.Table] = []
+    # Under the archive's table lock: an archive run of the table must not purge or commit meanwhile.
+    with (
+        source.lock(table, "archive", timeout_seconds=lock_timeout_seconds),
+        tempfile.TemporaryDirectory(prefix="etl-restore-") as tmp,
+    ):
+        # Every part is checked before anything is inserted; the checked files wait on local disk, so
+        # memory holds one part at a time, not the partition.
+        checked: list[Path] = []
         for manifest in manifests:
             for part in manifest.parts:
-                local = Path(tmp) / f"{len(tables)}.parquet"
+                local = Path(tmp) / f"{len(checked)}.parquet"
                 try:
                     store.download(part.key, local)
                     data = pq.read_table(local, page_checksum_verification=True)
@@ -1288,12 +1404,14 @@ def restore_partition(
                 if packet_limit:
                     _check_row_sizes(data, table=table, partition=f"{month:%Y-%m-%d}", primary_key=primary_key,
                                      limit=packet_limit)  # fmt: skip
-                tables.append(data)
-        for data in tables:
+                del data
+                checked.append(local)
+        for local in checked:
+            parquet = pq.ParquetFile(local, page_checksum_verification=True)
             report.parts += 1
-            report.rows_in_archive += data.num_rows
-            columns = [n for n in data.column_names if source_table.has_column(n)]
-            for batch in data.select(columns).to_batches(max_chunksize=batch_size):
+            report.rows_in_archive += parquet.metadata.num_rows
+            columns = [n for n in parquet.schema_arrow.names if source_table.has_column(n)]
+            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
                 rows = [_to_source_values(row) for row in batch.to_pylist()]
                 keys = [tuple(row[c] for c in primary_key) for row in rows]
                 present = source.existing_keys(source_table.name, primary_key, keys)

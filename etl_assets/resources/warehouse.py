@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -359,12 +359,12 @@ class WarehouseClient:
 
     # -- reads -----------------------------------------------------------------------------------------
 
-    def present_keys(
-        self, table: str, primary_key: Sequence[str], keys: Sequence[tuple[Any, ...]]
-    ) -> set[tuple[Any, ...]]:
-        """Which of `keys` the replica holds (one query per call; callers batch)."""
+    def key_times(
+        self, table: str, primary_key: Sequence[str], time_column: str, keys: Sequence[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], Any]:
+        """The time column's value of each of `keys` the replica holds (one query per call; callers batch)."""
         if not keys:
-            return set()
+            return {}
         target = sql.qualified(self.schema, table, self.dialect)
         cols = ", ".join(self._param_identifier(c) for c in primary_key)
         placeholder = self._param()
@@ -378,8 +378,10 @@ class WarehouseClient:
             )
             where = " OR ".join(one for _ in keys)
             params = [_bindable(v) for k in keys for v in k]
-        rows = self.query(f"SELECT {cols} FROM {target} WHERE {where}", params)
-        return {tuple(_normalise_key(v) for v in row) for row in rows}
+        rows = self.query(
+            f"SELECT {cols}, {self._param_identifier(time_column)} FROM {target} WHERE {where}", params
+        )
+        return {tuple(_normalise_key(v) for v in row[:-1]): row[-1] for row in rows}
 
     def count_rows(self, table: str, time_column: str | None = None, start: datetime | None = None,
                    end: datetime | None = None) -> int:  # fmt: skip
@@ -721,21 +723,61 @@ def _aware(value: Any) -> datetime | None:
 
 
 class ReplicaKeys:
-    """`ReplicaGuard` for the archive: which archived keys the replica already holds."""
+    """`ReplicaGuard` for the archive: which archived rows the replica already holds, as archived.
 
-    def __init__(self, client: WarehouseClient, table: str, primary_key: Sequence[str]) -> None:
+    A key alone is not enough: a row whose replica copy is older than the archived version (updated
+    after the replica's last load) would leave the source, and the replica would keep the old
+    version for good. So the replica's time value must be the archived one or newer.
+    """
+
+    def __init__(
+        self, client: WarehouseClient, table: str, primary_key: Sequence[str], time_column: str
+    ) -> None:
         self.client = client
         self.table = table
         self.primary_key = list(primary_key)
+        self.time_column = time_column
 
-    def present(self, keys: Sequence[tuple[Any, ...]]) -> set[tuple[Any, ...]]:
-        """The subset of `keys` present in the replica (empty when the replica table does not exist yet)."""
+    def holds(self, keys: Sequence[tuple[Any, ...]], times: Sequence[Any]) -> set[tuple[Any, ...]]:
+        """The keys whose replica row has `times`' value or a newer one (none while the table is missing).
+
+        Raises:
+            WarehouseError: the replica's time column holds values that cannot be compared with the archived ones.
+        """
         if not self.client.table_exists(self.table):
             return set()
-        found: set[tuple[Any, ...]] = set()
+        found: dict[tuple[Any, ...], Any] = {}
         for start in range(0, len(keys), 1000):
-            found |= self.client.present_keys(self.table, self.primary_key, keys[start : start + 1000])
-        return {k for k in keys if tuple(_normalise_key(v) for v in k) in found}
+            found |= self.client.key_times(
+                self.table, self.primary_key, self.time_column, keys[start : start + 1000]
+            )
+        held: set[tuple[Any, ...]] = set()
+        for key, archived in zip(keys, times, strict=True):
+            replica = found.get(tuple(_normalise_key(v) for v in key), _MISSING)
+            if replica is _MISSING or replica is None:
+                continue
+            try:
+                if _comparable_time(replica) >= _comparable_time(archived):
+                    held.add(key)
+            except TypeError:
+                raise WarehouseError(
+                    f"replica table '{self.table}': its {self.time_column} value {replica!r} cannot be compared with "
+                    f"the archived {archived!r}, so the archive cannot tell whether the replica holds the row; map "
+                    f"{self.time_column} to a date or timestamp type in the replica (tables[].replica.column_types)"
+                ) from None
+        return held
+
+
+_MISSING = object()
+
+
+def _comparable_time(value: Any) -> Any:
+    """A time value as a naive UTC datetime (dates at midnight), so replica and archive compare."""
+    if isinstance(value, datetime):
+        return _naive(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).replace(tzinfo=None)
+    return value
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -774,7 +816,7 @@ class WarehouseResource(dg.ConfigurableResource):
 
     def replica_guard(self, *, config: Any, table: Any, source_table: SourceTable) -> ReplicaKeys:
         """The guard that keeps the archive from purging rows the replica does not hold yet."""
-        return ReplicaKeys(self.open(), table.asset_name, source_table.primary_key)
+        return ReplicaKeys(self.open(), table.asset_name, source_table.primary_key, table.time_column)
 
 
 def mapped_types(source_table: SourceTable, dialect: Dialect, settings: Any) -> dict[str, str]:
