@@ -80,7 +80,7 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
     replica_checks = build_replica_checks(config=config)
     if replica_checks is not None:
         checks.append(replica_checks)
-    table_jobs = build_table_jobs(archive=archived, replica=replicated)
+    table_jobs = build_table_jobs(archive=archived, replica=replicated, source_name=config.source.group_name)
     checks_job, checks_schedule = build_checks_job_and_schedule(config=config)
     sensors = [s for s in (build_new_rows_sensor(config=config, jobs=table_jobs),) if s is not None]
     sensors += build_alert_sensors(source_name=config.source.group_name)

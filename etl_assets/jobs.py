@@ -6,7 +6,9 @@ replica) assets have the same partitions definition share one job instead, and s
 sensor pick the table with the run request's `asset_selection`: a run still materializes one table's
 asset, and carries its `etl_assets/table` tag, which the per-table run limit in `dagster.yaml` and the
 UI's run filters key on. A run launched by hand from a shared job has no such tag; two runs of one
-table still never interleave, because each takes the table's lock in the source database.
+table still never interleave, because each takes the table's lock in the source database. Every run
+of these jobs, hand-launched ones included, carries `etl_assets/source` (the jobs' run tags), which
+the per-source run limit keys on.
 
 Names say the partitioning (`naming.archive_groups`, `replica_groups`): `archive_since_2021_01_keep_12m`
 holds the tables archived monthly from January 2021 with a 12-month retention;
@@ -24,6 +26,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from etl_assets.assets.naming import TableGroup, archive_key, replica_key
 from etl_assets.config import TableConfig
+
+SOURCE_TAG = "etl_assets/source"
 
 
 @dataclass(frozen=True)
@@ -49,11 +53,16 @@ class TableJobs:
         return list({group.job.name: group.job for group in groups}.values())
 
 
-def build_table_jobs(*, archive: list[TableGroup], replica: list[TableGroup]) -> TableJobs:
-    """One asset job per group of tables partitioned alike (`naming.archive_groups`, `replica_groups`)."""
+def build_table_jobs(*, archive: list[TableGroup], replica: list[TableGroup], source_name: str) -> TableJobs:
+    """One asset job per group of tables partitioned alike (`naming.archive_groups`, `replica_groups`).
+
+    Every run of these jobs, scheduled, sensor-started or launched by hand, carries the tag
+    `etl_assets/source: <source_name>`, which the per-source run limit in `dagster.yaml` keys on.
+    """
     return TableJobs(
         archive=_shared_jobs(
             archive,
+            source_name=source_name,
             key_of=archive_key,
             describe=lambda group: (
                 f"Archive months of {group.listed()} ({group.tables[0].archive.retention if group.tables[0].archive else ''} "
@@ -63,6 +72,7 @@ def build_table_jobs(*, archive: list[TableGroup], replica: list[TableGroup]) ->
         ),
         replica=_shared_jobs(
             replica,
+            source_name=source_name,
             key_of=replica_key,
             describe=lambda group: (
                 f"Load new rows of {group.listed()} into the replica; the sensor runs one table per run."
@@ -74,6 +84,7 @@ def build_table_jobs(*, archive: list[TableGroup], replica: list[TableGroup]) ->
 def _shared_jobs(
     groups: list[TableGroup],
     *,
+    source_name: str,
     key_of: Callable[[TableConfig], dg.AssetKey],
     describe: Callable[[TableGroup], str],
 ) -> dict[str, JobGroup]:
@@ -84,6 +95,7 @@ def _shared_jobs(
             group.job,
             selection=dg.AssetSelection.assets(*(key_of(t) for t in group.tables)),
             description=describe(group),
+            tags={SOURCE_TAG: source_name},
         )
         for table in group.tables:
             by_table[table.name] = JobGroup(job, group.partitions)

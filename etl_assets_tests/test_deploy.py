@@ -63,3 +63,27 @@ def test_iam_policy_covers_what_the_code_calls() -> None:
     actions = {action for statement in policy["Statement"] for action in statement["Action"]}
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "kms:GenerateDataKey",
             "kms:Decrypt", "sns:Publish"} <= actions  # fmt: skip
+
+
+def test_every_archive_and_replica_run_carries_the_tags_the_run_limits_key_on() -> None:
+    """A limit on a tag no run carries limits nothing: the per-source limit needs the source tag on
+    every run of the archive and replica jobs, hand-launched ones included (jobs' run tags)."""
+    from etl_assets.definitions import build_definitions
+    from etl_assets_tests.support import config_for
+
+    tables = (
+        "  - name: visits\n    primary_key: [id]\n    archive: {retention: 1 year, start: '2024-01'}\n"
+        "    replica: {start: 2024-01-01}\n"
+        "  - name: notes\n    primary_key: [id]\n    archive: {retention: 2 years, start: '2024-01'}\n"
+    )
+    config = config_for(source_url="sqlite:///clinic.db", archive_url="unused-archive",
+                        warehouse_url="duckdb:///unused.duckdb", tables=tables)  # fmt: skip
+    repository = build_definitions(config).get_repository_def()
+    jobs = [job for job in repository.get_all_jobs() if job.name.startswith(("archive_", "replica_"))]
+    assert len(jobs) == 3
+    limits = yaml.safe_load((DEPLOY / "dagster.yaml").read_text(encoding="utf-8"))["concurrency"]["runs"]
+    source_limit = {limit["key"] for limit in limits["tag_concurrency_limits"]} & {"etl_assets/source"}
+    for job in jobs:
+        assert {key: job.run_tags.get(key) for key in source_limit} == {"etl_assets/source": "clinic"}, (
+            job.name
+        )
