@@ -63,6 +63,18 @@ def _tables(config: ProjectConfig, name: str | None, *, need: str | None = None)
     return tables
 
 
+def _replica_client(config: ProjectConfig):
+    """The warehouse client of the config's replica, or None when no warehouse is configured."""
+    from etl_assets.definitions import build_resources
+    from etl_assets.resources.warehouse import WarehouseResource
+
+    if config.warehouse is None:
+        return None
+    resource = build_resources(config)["warehouse"]
+    assert isinstance(resource, WarehouseResource)
+    return resource.open()
+
+
 def _source(config: ProjectConfig):
     from etl_assets.config import resolve_setting
     from etl_assets.resources.source import SourceClient
@@ -87,6 +99,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if config.archive is not None:
         store = open_store(resolve_setting(config.path, "archive.url", config.archive.url),
                            region=resolve_setting(config.path, "archive.region", config.archive.region))  # fmt: skip
+    replica_client = None
+    if any(t.replica for t in tables):
+        try:
+            replica_client = _replica_client(config)
+        except Exception as exc:  # noqa: BLE001 - plan stays usable without the warehouse
+            # A config error names the missing variable; others show their type only (no URL).
+            reason = str(exc) if isinstance(exc, ConfigError) else type(exc).__name__
+            print(f"the replica's warehouse cannot be opened ({reason}); to purge ignores the replica guard")
     try:
         for table in tables:
             assert table.archive is not None
@@ -99,11 +119,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             span = f" ({keys[0]} .. {keys[-1]})" if keys else ""
             print(f"\n{table.name}: retention {table.archive.retention}, purge {'on' if table.archive.purge else 'off'}, "
                   f"{len(keys)} eligible partition(s){span}")  # fmt: skip
+            guarded = table.replica is not None and table.archive.purge and replica_client is not None
+            replica_exists = False
+            if guarded and replica_client is not None:
+                try:
+                    replica_exists = replica_client.table_exists(table.asset_name)
+                except Exception as exc:  # noqa: BLE001 - plan stays usable without the warehouse
+                    # e.g. a DuckDB file held by a running load; only the type is shown (no URL).
+                    print(
+                        f"  the replica cannot be read ({type(exc).__name__}); to purge ignores the replica guard"
+                    )
+                    guarded = False
             if not counts:
                 print("  nothing to archive")
             else:
-                print(f"  {'partition':<12} {'to archive':>12} {'to purge':>12} {'already archived':>17}")
-                total = 0
+                header = f"  {'partition':<12} {'to archive':>12} {'to purge':>12} {'already archived':>17}"
+                print(header + (f" {'in replica':>11}" if guarded else ""))
+                total = purge_total = 0
                 for key, rows in counts:
                     done = 0
                     if store is not None:
@@ -115,12 +147,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         rows = 0  # archived once already; with purge off the archive never runs it again
                     total += rows
                     purge = rows if table.archive.purge else 0
-                    print(f"  {key:<12} {rows:>12,} {purge:>12,} {done:>17,}")
-                print(f"  {'total':<12} {total:>12,} {total if table.archive.purge else 0:>12,}")
+                    extra = ""
+                    if guarded and replica_client is not None:
+                        # The purge keeps rows the replica does not hold yet: at most the rows the replica
+                        # holds in the month beyond those archived already (the replica keeps those).
+                        window = month_window(key)
+                        held = (
+                            replica_client.count_rows(
+                                table.asset_name, table.time_column, window.start, window.end
+                            )
+                            if replica_exists
+                            else 0
+                        )
+                        purge = min(purge, max(0, held - done))
+                        extra = f" {held:>11,}"
+                    purge_total += purge
+                    print(f"  {key:<12} {rows:>12,} {purge:>12,} {done:>17,}{extra}")
+                print(f"  {'total':<12} {total:>12,} {purge_total:>12,}")
+                if guarded:
+                    print(
+                        "  to purge counts only rows the replica can hold: rows it does not hold yet (as archived) "
+                        "stay in the source until a later run"
+                    )
             if nulls:
                 print(f"  {nulls:,} row(s) have NULL {table.time_column} and are never archived")
     finally:
         client.dispose()
+        if replica_client is not None:
+            replica_client.close()
     return 0
 
 

@@ -24,10 +24,12 @@ import sqlglot
 from etl_assets.cli import main
 from etl_assets.config import CONFIG_ENV_VAR, load_config
 from etl_assets.engine.archive import ArchiveJob
+from etl_assets.engine.replica import ReplicaJob
 from etl_assets.lib.contract import SchemaContract, read_contract
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
+from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient
 from etl_assets_tests.support import seed_visits
 
 pytestmark = pytest.mark.integration
@@ -192,9 +194,11 @@ def test_plan_prints_exact_counts_per_eligible_partition_and_touches_nothing(
     assert code == 0, err
     lines = out.splitlines()
     partition_lines = {line.split()[0]: line.split()[1:] for line in lines if line.startswith("  20")}
-    assert partition_lines == {k: [f"{n:,}", f"{n:,}", "0"] for k, n in expected.items()}
+    # The table has a replica, not loaded yet: the purge would keep every row (replica first).
+    assert partition_lines == {k: [f"{n:,}", "0", "0", "0"] for k, n in expected.items()}
     total = sum(expected.values())
-    assert f"  total{'':<8}{total:>12,}{total:>13,}" in out
+    assert f"  total{'':<8}{total:>12,}{0:>13,}" in out
+    assert "to purge counts only rows the replica can hold" in out
     assert f"{NULL_ROWS} row(s) have NULL updated_at and are never archived" in out
     assert "visits: retention 1 year, purge on" in out
 
@@ -205,6 +209,32 @@ def test_plan_prints_exact_counts_per_eligible_partition_and_touches_nothing(
 
     assert rows(url) == before, "plan changed the source"
     assert bucket_keys(project["bucket"]) == [], "plan wrote to the archive"
+
+
+def test_plan_counts_to_purge_only_rows_the_replica_holds(
+    project: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(project["config"])
+    table = config.table("visits")
+    client = SourceClient(project["url"])
+    warehouse = WarehouseClient(url=config.warehouse.url, schema=project["schema"])  # type: ignore[union-attr]
+    try:
+        ReplicaJob(source=client, warehouse=warehouse, table=table, source_table=client.reflect("visits"),
+                   window=JAN_2023, run_id="r", log=lambda m: None).run()  # fmt: skip
+    finally:
+        warehouse.close()
+        client.dispose()
+    expected = month_counts(project["url"])
+    code, out, err = cli(capsys, "--config", str(project["config"]), "plan")
+    assert code == 0, err
+    partition_lines = {
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  20")
+    }
+    january = expected["2023-01-01"]
+    assert partition_lines["2023-01-01"] == [f"{january:,}", f"{january:,}", "0", f"{january:,}"]
+    assert partition_lines["2022-12-01"][1] == "0" and partition_lines["2023-02-01"][1] == "0"
+    # What plan promised is what the archive purges.
+    assert archive_january(project, guarded=True) == january
 
 
 def test_plan_after_archive_shows_what_is_left(
@@ -310,11 +340,13 @@ def test_ddl_prints_redshift_create_table_for_review(
 # -- restore ---------------------------------------------------------------------------------------------
 
 
-def archive_january(project: dict[str, Any]) -> int:
-    """Archive (and purge) January 2023 with the engine, as `archive/visits` would; returns rows moved."""
+def archive_january(project: dict[str, Any], *, guarded: bool = False) -> int:
+    """Archive (and purge) January 2023 with the engine, as `archive/visits` would (with the replica
+    guard if `guarded`); returns rows moved."""
     config = load_config(project["config"])
     table = config.table("visits")
     client = SourceClient(project["url"])
+    warehouse = WarehouseClient(url=config.warehouse.url, schema=project["schema"])  # type: ignore[union-attr]
     try:
         report = ArchiveJob(
             source=client,
@@ -326,8 +358,10 @@ def archive_january(project: dict[str, Any]) -> int:
             run_id=uuid.uuid4().hex,
             now=datetime.now(UTC),
             log=lambda message: None,
+            replica_guard=ReplicaKeys(warehouse, "visits", ["id"], "updated_at") if guarded else None,
         ).run()
     finally:
+        warehouse.close()
         client.dispose()
     return report.rows_purged
 
