@@ -310,6 +310,69 @@ def test_slow_head_responses_still_complete(
     assert_complete(seeded, healthy, report)
 
 
+# -- (7b) throttling on the verification read-back; 5xx on HEAD ------------------------------------------
+
+
+def test_two_slowdowns_on_the_verification_get_are_retried_and_the_archive_completes(
+    seeded: dict[str, Any], proxy: FaultProxy, faulty: ObjectStore, healthy: ObjectStore
+) -> None:
+    # Verification downloads every staged part; the purge deletes from the bytes it read back, so a
+    # read-back that S3 throttles is retried before the first delete.
+    gets = proxy.add(Rule(method="GET", key=STAGING_PART, exclude=".manifest.json", kind="slowdown", times=2))
+    report = make_job(seeded["url"], faulty).run()
+    assert gets.hits == 2
+    first_part = [s for s in proxy.seen("GET", STAGING_PART) if s.path.endswith("-0.parquet")]
+    assert [s.fault for s in first_part[:3]] == ["slowdown", "slowdown", ""], "the third attempt got through"
+    assert len({s.path for s in proxy.seen("GET", STAGING_PART) if s.path.endswith(".parquet")}) == 3
+    assert report.rows_extracted == report.rows_purged == report.rows_committed == ROWS_PER_MONTH
+    assert_complete(seeded, healthy, report)
+
+
+@pytest.mark.filterwarnings("ignore:Previous unbuffered result was left incomplete")  # the abandoned stream
+def test_persistent_500_on_head_after_a_staging_upload_fails_before_any_delete_and_a_rerun_completes(
+    seeded: dict[str, Any], proxy: FaultProxy, faulty: ObjectStore, healthy: ObjectStore
+) -> None:
+    # Every upload is checked with a HEAD (its size); a HEAD that keeps failing is never taken for a
+    # missing object nor skipped: the run stops before verification, so before any delete.
+    heads = proxy.add(Rule(method="HEAD", key=STAGING_PART, kind="internal", times=None))
+    job = make_job(seeded["url"], faulty)
+    with pytest.raises(
+        StoreError, match=r"could not inspect .*_staging/year=2023/month=01/\S+-0\.parquet.*500"
+    ):
+        job.run()
+    assert heads.hits == MAX_ATTEMPTS, "the HEAD after the first part's upload was tried 1 + 6 times"
+    assert job.report.rows_purged == 0
+    assert not proxy.seen("GET", ".parquet"), "verification never started"
+    assert_nothing_deleted(seeded, healthy)
+    assert rerun_healthy(seeded, healthy).discarded_staging == 1
+
+
+def test_persistent_503_on_head_after_the_commits_copy_leaves_rows_in_staging_and_a_rerun_rolls_forward(
+    seeded: dict[str, Any], proxy: FaultProxy, faulty: ObjectStore, healthy: ObjectStore
+) -> None:
+    # The commit copies each part into the queryable folder, then checks the copy with a HEAD. That HEAD
+    # fails every time: the run stops after its purge with the first copy published and no manifest.
+    heads = proxy.add(Rule(method="HEAD", key=COMMITTED_FOLDER, exclude="/_staging/", kind="unavailable",
+                           times=None))  # fmt: skip
+    job = make_job(seeded["url"], faulty)
+    with pytest.raises(StoreError, match=r"could not inspect .*/visits/year=2023/month=01/\S+-0\.parquet"):
+        job.run()
+    assert heads.hits == MAX_ATTEMPTS
+    assert job.report.rows_purged == ROWS_PER_MONTH, "the run failed after its purge"
+    assert committed(healthy) == [], "no committed manifest was written"
+
+    # Every purged row is in the verified staging; the one copied part is in the queryable view once.
+    remaining, archived, staged = source_keys(seeded["url"]), archived_keys(healthy), staged_keys(healthy)
+    assert remaining == seeded["original"] - seeded["january"]
+    assert sorted(staged) == sorted(seeded["january"])
+    assert len(archived) == len(set(archived)) == 1000 and set(archived) <= seeded["january"]
+    current().checked(rows=len(seeded["original"]), lost=len(seeded["original"] - remaining - set(staged)))
+
+    report = rerun_healthy(seeded, healthy)
+    assert report.recovered_runs == [job.run_id], "the re-run rolls the verified run forward"
+    assert report.rows_committed == ROWS_PER_MONTH and report.rows_extracted == 0
+
+
 def test_the_proxy_listens_on_loopback_only_and_stops(s3_endpoint: str) -> None:
     with FaultProxy(s3_endpoint) as proxy:
         assert proxy.url.startswith("http://127.0.0.1:")

@@ -51,7 +51,7 @@ from etl_assets.lib.layout import PartitionLayout, is_queryable
 from etl_assets.lib.manifest import Manifest, PartInfo
 from etl_assets.lib.purge import key_tuples
 from etl_assets.lib.schema import SourceTable
-from etl_assets.lib.typemap import arrow_schema, dictionary_columns
+from etl_assets.lib.typemap import ZERO_DATE_TYPES, arrow_schema, dictionary_columns
 from etl_assets.lib.windows import Window, check_archive_eligible
 from etl_assets.resources.source import (
     LOCK_CONFLICT_CODES,
@@ -172,6 +172,12 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
         "write_page_checksum": True,
         "use_dictionary": dictionary_columns(schema),
     }
+
+
+def _key_bounds(column: pa.Array | pa.ChunkedArray) -> tuple[Any, Any]:
+    """Lowest and highest value of a one-column key, as Python values (a manifest's min_pk/max_pk)."""
+    bounds = pc.min_max(column)
+    return bounds["min"].as_py(), bounds["max"].as_py()
 
 
 def _split_at_part_ends(
@@ -629,8 +635,7 @@ class ArchiveJob:
                     part_digest, total = part_digest + digest, total + digest
                     part_rows += batch.num_rows
                     if len(self.primary_key) == 1:
-                        bounds = pc.min_max(batch.column(self.primary_key[0]))
-                        low, high = bounds["min"].as_py(), bounds["max"].as_py()
+                        low, high = _key_bounds(batch.column(self.primary_key[0]))
                         part_bounds = [
                             low if part_bounds[0] is None else min(part_bounds[0], low),
                             high if part_bounds[1] is None else max(part_bounds[1], high),
@@ -998,8 +1003,11 @@ class ArchiveJob:
         digest = pk_digest([filtered.column(n) for n in self.primary_key])
         stored = self.store.put_file(final_key, out, lock=True)
         check = self._read_part(final_key, self.primary_key, tmp)
+        low, high = (
+            _key_bounds(filtered.column(self.primary_key[0])) if len(self.primary_key) == 1 else (None, None)
+        )
         info = PartInfo(key=final_key, rows=filtered.num_rows, bytes=stored.size, pk_digest=str(digest),
-                        sha256=stored.sha256)  # fmt: skip
+                        sha256=stored.sha256, min_pk=low, max_pk=high)  # fmt: skip
         self._check_part(info, check)
         return info
 
@@ -1406,13 +1414,19 @@ def restore_partition(
                                      limit=packet_limit)  # fmt: skip
                 del data
                 checked.append(local)
+        # The archive holds a zero date of a NOT NULL column as NULL: it goes back as the zero date.
+        zero_dates = {
+            c.name: "0000-00-00" if c.data_type == "date" else "0000-00-00 00:00:00"
+            for c in source_table.columns
+            if not c.nullable and c.data_type in ZERO_DATE_TYPES
+        }
         for local in checked:
             parquet = pq.ParquetFile(local, page_checksum_verification=True)
             report.parts += 1
             report.rows_in_archive += parquet.metadata.num_rows
             columns = [n for n in parquet.schema_arrow.names if source_table.has_column(n)]
             for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                rows = [_to_source_values(row) for row in batch.to_pylist()]
+                rows = [_to_source_values(row, zero_dates) for row in batch.to_pylist()]
                 keys = [tuple(row[c] for c in primary_key) for row in rows]
                 present = source.existing_keys(source_table.name, primary_key, keys)
                 missing = [row for row, key in zip(rows, keys, strict=True) if key not in present]
@@ -1424,9 +1438,11 @@ def restore_partition(
     return report
 
 
-def _to_source_values(row: dict[str, Any]) -> dict[str, Any]:
+def _to_source_values(row: dict[str, Any], zero_dates: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in row.items():
+        if value is None and name in zero_dates:
+            value = zero_dates[name]
         if isinstance(value, datetime) and value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)  # the session runs in UTC
         out[name] = value

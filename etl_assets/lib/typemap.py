@@ -282,10 +282,15 @@ def arrow_type(column: SourceColumn) -> pa.DataType:
     return fixed
 
 
+ZERO_DATE_TYPES = frozenset({"date", "datetime", "timestamp"})
+"""MySQL types that can hold zero dates (`0000-00-00`), which no other system can represent."""
+
+
 def arrow_schema(table: SourceTable) -> pa.Schema:
     """The archive schema of `table`: one field per column, in table order.
 
-    Each field carries the source nullability and metadata `{b"mysql_type": COLUMN_TYPE}` so a
+    Each field carries the source nullability (date types always nullable: zero dates become NULL)
+    and metadata `{b"mysql_type": COLUMN_TYPE}` so a
     Parquet file says what it was archived from (e.g. `tinyint(1)` vs `tinyint(4)`).
 
     Args:
@@ -306,7 +311,8 @@ def arrow_schema(table: SourceTable) -> pa.Schema:
             pa.field(
                 column.name,
                 data_type,
-                nullable=column.nullable,
+                # A NOT NULL date column can still hold zero dates, which are archived as NULL.
+                nullable=column.nullable or column.data_type in ZERO_DATE_TYPES,
                 metadata={b"mysql_type": column.column_type.encode()},
             )
         )
