@@ -294,6 +294,30 @@ def test_archiving_restored_rows_again_never_archives_a_key_twice(
     assert manifests[0].counts["already_archived"] == len(january) - 1
 
 
+def test_a_run_aborts_the_unfinished_uploads_a_killed_run_left(
+    seeded: dict[str, Any], store: Any, s3_bucket: str
+) -> None:
+    """A run killed mid multipart upload leaves an upload S3 keeps (and bills) until it is aborted;
+    the next run of the table aborts every one under the table's folder, staging and committed."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    left = [
+        "archive/visits/_staging/year=2022/month=12/deadrun-0.parquet",
+        "archive/visits/year=2023/month=01/deadrun-1.parquet",
+    ]
+    for key in [*left, "archive/visits_other/_staging/year=2023/month=01/live-0.parquet"]:
+        upload = s3.create_multipart_upload(Bucket=s3_bucket, Key=key, ServerSideEncryption="AES256")
+        s3.upload_part(Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024)
+    log: list[str] = []
+    january = month_keys(seeded["url"], JAN_2023)
+    make_job(seeded["url"], store, log=log.append).run()
+    remaining = [u["Key"] for u in s3.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", [])]
+    assert remaining == ["archive/visits_other/_staging/year=2023/month=01/live-0.parquet"], (
+        "another table's uploads are not this run's to abort"
+    )
+    assert "aborted 2 unfinished upload(s) that a killed run left under visits/" in log
+    assert sorted(archived_keys(store)) == sorted(january)
+
+
 def test_verification_failure_stops_before_any_delete(seeded: dict[str, Any], store: Any) -> None:
     url = seeded["url"]
 

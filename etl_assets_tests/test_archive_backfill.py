@@ -365,12 +365,17 @@ def test_sqlite_months_run_one_after_another(tmp_path: Any) -> None:
                  for i in range(100)])  # fmt: skip
     client = SourceClient(url)
     store = open_store(str(tmp_path / "archive"), region="us-east-1")
+    # A write killed half-way leaves its temporary file (the local store's unfinished upload).
+    unfinished = tmp_path / "archive" / "visits" / "_staging" / "year=2022" / "month=12" / ".tmp-killed"
+    unfinished.parent.mkdir(parents=True)
+    unfinished.write_bytes(b"half a part")
     run = backfill(client, store)
     assert run.overlap is False
     reports = run.run()
     client.dispose()
     assert [r.rows_committed for r in reports] == [50, 50, 0]
     assert sum(r.rows_purged for r in reports) == 100
+    assert not unfinished.exists()
 
 
 def test_a_row_moved_between_two_verified_months_is_archived_once(

@@ -62,7 +62,7 @@ def test_iam_policy_covers_what_the_code_calls() -> None:
     policy = json.loads((DEPLOY / "iam-policy.json").read_text(encoding="utf-8"))
     actions = {action for statement in policy["Statement"] for action in statement["Action"]}
     assert {"s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:ListBucket", "kms:GenerateDataKey",
-            "kms:Decrypt", "sns:Publish"} <= actions  # fmt: skip
+            "kms:Decrypt", "sns:Publish", "s3:ListBucketMultipartUploads", "s3:AbortMultipartUpload"} <= actions  # fmt: skip
 
 
 def test_every_archive_and_replica_run_carries_the_tags_the_run_limits_key_on() -> None:

@@ -460,6 +460,7 @@ class ArchiveJob:
         oldest first, including this run's own month, which may be k while k+1 is later in the range.
         """
         self._phase = "recovery of earlier runs"
+        self._abort_unfinished_uploads()
         own = self.layout.month
         months = {
             month
@@ -500,6 +501,24 @@ class ArchiveJob:
             other._recover()
             self.report.recovered_runs.extend(
                 f"{manifest.partition}:{r}" for r in other.report.recovered_runs
+            )
+
+    def _abort_unfinished_uploads(self) -> None:
+        """Abort the uploads a killed run left unfinished anywhere under the table's folder.
+
+        Called before any upload of this run, under the table lock: no other upload can be in flight
+        there. An unfinished multipart upload never shows in the queryable view, but its parts are
+        stored (and billed) until aborted. A failure here only leaves them for the next run."""
+        try:
+            aborted = self.store.abort_unfinished_uploads(self.layout.table_root)
+        except StoreError as exc:
+            self.log(
+                f"unfinished uploads of earlier runs could not be aborted ({exc}); the next run tries again"
+            )
+            return
+        if aborted:
+            self.log(
+                f"aborted {aborted} unfinished upload(s) that a killed run left under {self.layout.table_root}/"
             )
 
     def _recover(self) -> None:

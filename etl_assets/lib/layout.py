@@ -66,9 +66,14 @@ class PartitionLayout:
         return f"{self._folder(staging=staging)}/{_check_run_id(run_id)}.manifest.json"
 
     @property
+    def table_root(self) -> str:
+        """Folder holding every month of the table, committed and staging."""
+        return "/".join(p for p in (self.prefix.strip("/"), table_segment(self.table)) if p)
+
+    @property
     def table_staging_root(self) -> str:
         """Folder holding the staging of every month of the table."""
-        return "/".join(p for p in (self.prefix.strip("/"), table_segment(self.table), STAGING_SEGMENT) if p)
+        return f"{self.table_root}/{STAGING_SEGMENT}"
 
     @staticmethod
     def month_of_key(key: str) -> datetime | None:

@@ -83,6 +83,11 @@ class ObjectStore(Protocol):
         """Remove objects; returns the keys that could not be removed (e.g. under retention)."""
         ...
 
+    def abort_unfinished_uploads(self, prefix: str) -> int:
+        """Discard uploads under `prefix` (a folder) that were started and never finished (a killed
+        run's); returns how many. Only call it while no upload under `prefix` can be in flight."""
+        ...
+
     def url(self, key: str) -> str:
         """Where a person finds the object (s3:// URL or file path)."""
         ...
@@ -166,6 +171,16 @@ class LocalStore:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
         return []
+
+    def abort_unfinished_uploads(self, prefix: str) -> int:
+        # A write goes to a `.tmp-` file first and is renamed when complete (`_write`).
+        folder = self._path(prefix) if prefix else self.root
+        if not folder.is_dir():
+            return 0
+        unfinished = [p for p in folder.rglob(".tmp-*") if p.is_file()]
+        for path in unfinished:
+            path.unlink(missing_ok=True)
+        return len(unfinished)
 
     def url(self, key: str) -> str:
         return str(self.root / key)
@@ -354,6 +369,22 @@ class S3Store:
                 continue
             failed.extend(self._relative(err["Key"]) for err in response.get("Errors", []))
         return failed
+
+    def abort_unfinished_uploads(self, prefix: str) -> int:
+        # An incomplete multipart upload is invisible to listings and queries, but S3 keeps (and
+        # bills) its parts until it is aborted; a run killed mid-upload leaves one behind.
+        aborted = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix).rstrip("/") + "/"):
+                for upload in page.get("Uploads", []):
+                    self.client.abort_multipart_upload(
+                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                    )
+                    aborted += 1
+        except Exception as exc:
+            raise self._wrap("abort unfinished uploads under", prefix, exc) from exc
+        return aborted
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"
