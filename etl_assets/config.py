@@ -425,6 +425,13 @@ class TableArchiveConfig(_Model):
     )
     chunk_rows: int = Field(default=50_000, ge=100, le=1_000_000, description="Rows fetched per chunk")
     part_rows: int = Field(default=1_000_000, ge=1000, description="Rows per Parquet part at most")
+    part_mb: float = Field(
+        default=512,
+        gt=0,
+        le=50_000,
+        description="MiB per Parquet part: a part is closed once it reaches this size (checked after each "
+        "chunk_rows chunk is written, so a part can pass it by one chunk); bounds parts of wide rows",
+    )
 
     @field_validator("retention", mode="before")
     @classmethod

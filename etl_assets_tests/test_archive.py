@@ -318,6 +318,29 @@ def test_a_run_aborts_the_unfinished_uploads_a_killed_run_left(
     assert sorted(archived_keys(store)) == sorted(january)
 
 
+def test_parts_of_wide_rows_are_bounded_by_bytes(seeded: dict[str, Any], store: Any, s3_bucket: str) -> None:
+    """part_rows alone would make 3 parts of 1,000 wide rows; part_mb closes a part after the chunk
+    (chunk_rows 500) that takes it past 0.2 MiB."""
+    url = seeded["url"]
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        # ~1 KB of incompressible text per row: ~0.25 MiB of Parquet per 500-row chunk.
+        conn.execute(sa.text("ALTER TABLE visits MODIFY notes TEXT"))
+        conn.execute(sa.text("UPDATE visits SET notes = CONCAT(" + ", ".join(
+            f"SHA2(CONCAT('{salt}', id), 512)" for salt in "abcdefgh") + ")"))  # fmt: skip
+    engine.dispose()
+    january = month_keys(url, JAN_2023)
+    report = make_job(
+        url, store, tables=TABLES.replace("part_rows: 1000", "part_rows: 1000, part_mb: 0.2")
+    ).run()
+    assert sorted(archived_keys(store)) == sorted(january)
+    s3 = boto3.client("s3", region_name="us-east-1")
+    sizes = [s3.head_object(Bucket=s3_bucket, Key=url_.split(f"{s3_bucket}/", 1)[1])["ContentLength"]
+             for url_ in report.parts]  # fmt: skip
+    assert len(sizes) == 5, f"one 500-row chunk per part, each past 0.2 MiB: {sizes}"
+    assert max(sizes) < 0.2 * 1024 * 1024 + 400_000, "at most one chunk past the bound"
+
+
 def test_verification_failure_stops_before_any_delete(seeded: dict[str, Any], store: Any) -> None:
     url = seeded["url"]
 

@@ -625,6 +625,7 @@ class ArchiveJob:
             part_digest = PkDigest()
             part_bounds: list[Any] = [None, None]
             path = Path(tmp) / "part.parquet"
+            part_bytes = self.settings.part_mb * 1024 * 1024
 
             def current_part_rows() -> int:
                 return part_rows
@@ -660,7 +661,8 @@ class ArchiveJob:
                             high if part_bounds[1] is None else max(part_bounds[1], high),
                         ]
                     progress.add(batch.num_rows)
-                    if part_rows >= self.settings.part_rows:
+                    # Rows bound a part of narrow rows, bytes one of wide rows (a BLOB or LONGTEXT table).
+                    if part_rows >= self.settings.part_rows or path.stat().st_size >= part_bytes:
                         close_part()
             self._rows_read()  # if the reader did not call it already
             close_part()
