@@ -55,6 +55,21 @@ def make_job(url: str, store: Any, *, window: Window = JAN_2023, tables: str = T
     )
 
 
+def insert_late_january_row(url: str) -> int:
+    """A row inserted after January was archived, stamped in January (a new, highest key); its id."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO visits (patient_id, status, amount, notes, payload, is_paid, created_at, updated_at) "
+                "VALUES (1, 'completed', 1.00, 'late', '{}', 0, '2023-01-14', '2023-01-15 08:00:00')"
+            )
+        )
+        new_key = conn.execute(sa.text("SELECT MAX(id) FROM visits")).scalar_one()
+    engine.dispose()
+    return int(new_key)
+
+
 @pytest.fixture
 def seeded(mysql_url: str) -> dict[str, Any]:
     total = seed_visits(
@@ -265,14 +280,8 @@ def test_archiving_restored_rows_again_never_archives_a_key_twice(
         conn.execute(
             sa.text("UPDATE visits SET updated_at = '2023-01-31 12:00:00.5' WHERE id = :id"), {"id": moved}
         )
-        conn.execute(
-            sa.text(
-                "INSERT INTO visits (patient_id, status, amount, notes, payload, is_paid, created_at, updated_at) "
-                "VALUES (1, 'completed', 1.00, 'late', '{}', 0, '2023-01-14', '2023-01-15 08:00:00')"
-            )
-        )
-        new_key = conn.execute(sa.text("SELECT MAX(id) FROM visits")).scalar_one()
     engine.dispose()
+    new_key = insert_late_january_row(url)
     if not purge:
         # With the purge off, the first run's archive stands: the re-run must not add to it.
         make_job(url, store, tables=tables).run()
@@ -289,9 +298,26 @@ def test_archiving_restored_rows_again_never_archives_a_key_twice(
     assert report.rows_kept_archived_differently == 1
     assert report.rows_committed == 1, "only the new row is archived again"
     assert any("another updated_at value" in line for line in log)
+    assert any("read 3 of its part(s) whose keys meet this run's" in line for line in log)
     manifests = sorted(committed(store), key=lambda m: m.rows)
     assert [m.rows for m in manifests] == [1, len(january)]
     assert manifests[0].counts["already_archived"] == len(january) - 1
+
+
+def test_a_rerun_reads_only_the_committed_parts_whose_keys_meet_its_own(
+    seeded: dict[str, Any], store: Any
+) -> None:
+    """A late row of January (a new, higher key) is archived by a re-run without downloading the
+    month's committed parts (their key ranges lie below it); a restored row makes them be read."""
+    url = seeded["url"]
+    make_job(url, store).run()
+    insert_late_january_row(url)
+    log: list[str] = []
+    report = make_job(url, store, log=log.append).run()
+    assert report.rows_committed == 1 and report.rows_already_archived == 0
+    assert not [line for line in log if "is archived already" in line], "no committed part was read"
+    archived = archived_keys(store)
+    assert len(archived) == len(set(archived)) == 2501
 
 
 def test_a_run_aborts_the_unfinished_uploads_a_killed_run_left(

@@ -174,6 +174,28 @@ def parquet_options(schema: pa.Schema) -> dict[str, Any]:
     }
 
 
+def _key_range(parts: Sequence[PartInfo]) -> tuple[Any, Any] | None:
+    """Lowest and highest key of `parts` from their manifest bounds; None when a part has none."""
+    lows, highs = [p.min_pk for p in parts], [p.max_pk for p in parts]
+    if not parts or None in lows or None in highs:
+        return None
+    try:
+        return min(lows), max(highs)
+    except TypeError:  # bounds of mixed types: no range to compare with
+        return None
+
+
+def _ranges_apart(first: tuple[Any, Any], second: tuple[Any, Any]) -> bool:
+    """True when two inclusive key ranges certainly share no key (unknown or incomparable: False)."""
+    if None in second or type(first[0]) is not type(second[0]) or type(first[1]) is not type(second[1]):
+        return False
+    if not isinstance(first[0], int | str):
+        return False  # other key types are read: no need to trust their Python ordering
+    # Both ranges come from pyarrow's min/max (code point order for strings): one total order, so a
+    # key in both sets lies inside both ranges.
+    return bool(first[1] < second[0] or second[1] < first[0])
+
+
 def _key_bounds(column: pa.Array | pa.ChunkedArray) -> tuple[Any, Any]:
     """Lowest and highest value of a one-column key, as Python values (a manifest's min_pk/max_pk)."""
     bounds = pc.min_max(column)
@@ -756,7 +778,7 @@ class ArchiveJob:
         """Purge what was verified (unless purge is off), then commit it."""
         kept: dict[str, set[tuple[Any, ...]]] = {}
         try:
-            archived = self._archived_versions(manifest.run_id)
+            archived = self._archived_versions(manifest)
             if self.settings.purge:
                 kept = self._purge(manifest, archived)
             elif manifest.repeated_key_hashes or archived is not None:
@@ -776,39 +798,48 @@ class ArchiveJob:
             self._discard_verified_copies()
         self._commit(manifest, kept)
 
-    def _archived_versions(self, own_run_id: str) -> _ArchivedVersions | None:
+    def _archived_versions(self, staged: Manifest) -> _ArchivedVersions | None:
         """Keys and time values of the partition's committed archive (other runs'), or None if empty.
 
-        Each committed part is checked against its manifest (count and key digest) as it is read."""
-        manifests = [m for m in self._committed_manifests() if m.run_id != own_run_id]
-        if not manifests:
+        Only committed parts whose key range (manifest min_pk/max_pk) meets the staged keys' range are
+        read: a re-run that takes the rows an earlier run left in MySQL (changed, not in the replica,
+        max_run_seconds) mostly reads none. Each part read is checked against its manifest."""
+        manifests = [m for m in self._committed_manifests() if m.run_id != staged.run_id]
+        staged_range = _key_range(staged.parts)
+        candidates = [
+            part
+            for manifest in manifests
+            for part in manifest.parts
+            if staged_range is None or not _ranges_apart(staged_range, (part.min_pk, part.max_pk))
+        ]
+        if not candidates:
             return None
         columns = [*self.primary_key, self.time_column]
         wanted = pa.schema([self.schema.field(n) for n in columns])
         tables: list[pa.Table] = []
         with tempfile.TemporaryDirectory(prefix="etl-archived-") as tmp:
-            for manifest in manifests:
-                for part in manifest.parts:
-                    try:
-                        table = self._read_part(part.key, columns, Path(tmp))
-                    except StoreError as exc:
-                        raise ArchiveError(
-                            f"table '{self.table.name}' partition {self.partition_key}: the committed archive "
-                            f"cannot be read to leave out rows it already holds: {exc}; nothing more was deleted, "
-                            "re-run once the store answers"
-                        ) from None
-                    self._check_part(part, table)
-                    try:
-                        tables.append(table.select(columns).cast(wanted))
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-                        raise ArchiveError(
-                            f"table '{self.table.name}' partition {self.partition_key}: committed part "
-                            f"{self.store.url(part.key)} holds {', '.join(columns)} as types that cannot be compared "
-                            f"with today's columns ({exc}); nothing more was deleted"
-                        ) from None
+            for part in candidates:
+                try:
+                    table = self._read_part(part.key, columns, Path(tmp))
+                except StoreError as exc:
+                    raise ArchiveError(
+                        f"table '{self.table.name}' partition {self.partition_key}: the committed archive "
+                        f"cannot be read to leave out rows it already holds: {exc}; nothing more was deleted, "
+                        "re-run once the store answers"
+                    ) from None
+                self._check_part(part, table)
+                try:
+                    tables.append(table.select(columns).cast(wanted))
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                    raise ArchiveError(
+                        f"table '{self.table.name}' partition {self.partition_key}: committed part "
+                        f"{self.store.url(part.key)} holds {', '.join(columns)} as types that cannot be compared "
+                        f"with today's columns ({exc}); nothing more was deleted"
+                    ) from None
         self.log(
             f"partition {self.partition_key} is archived already by run(s) {', '.join(m.run_id for m in manifests)}: "
-            f"rows it holds are purged without being archived twice"
+            f"read {len(candidates)} of its part(s) whose keys meet this run's; rows it holds are purged "
+            "without being archived twice"
         )
         return _ArchivedVersions(pa.concat_tables(tables), self.primary_key, self.time_column)
 
