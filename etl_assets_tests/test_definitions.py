@@ -178,3 +178,23 @@ def test_replica_with_append_and_archive_config_builds() -> None:
     partitions = defs.resolve_asset_graph().get(dg.AssetKey(["replica", "events"])).partitions_def
     assert isinstance(partitions, dg.TimeWindowPartitionsDefinition)
     assert partitions.get_first_partition_key() == "2026-11-01-00:00"
+
+
+def test_every_step_that_reads_the_source_is_in_that_source_s_pool(tmp_path: Path) -> None:
+    """The instance's pool limit caps the steps reading one database, across runs and code
+    locations; a second source (another code location) has its own pool."""
+    path = tmp_path / "etl_assets.yaml"
+    path.write_text(PRODUCTION_LIKE, encoding="utf-8")
+    config = load_config(path)
+    defs = build_definitions(config)
+    pools = {
+        key.to_user_string(): defs.resolve_assets_def(key).op.pool
+        for key in (dg.AssetKey(["archive", "visits"]), dg.AssetKey(["replica", "visits"]),
+                    dg.AssetKey("source_table_sizes"))
+    }  # fmt: skip
+    assert set(pools.values()) == {f"etl_source_{config.source.group_name}"}, pools
+    other = PRODUCTION_LIKE.replace("source:\n", "source:\n  name: billing\n", 1)
+    assert other != PRODUCTION_LIKE
+    path.write_text(other, encoding="utf-8")
+    billing = build_definitions(load_config(path))
+    assert billing.resolve_assets_def(dg.AssetKey(["archive", "visits"])).op.pool == "etl_source_billing"

@@ -15,11 +15,11 @@ import dagster as dg
 
 from etl_assets.assets.naming import (
     ARCHIVE_VERIFIED_CHECK,
-    SOURCE_POOL,
     TableGroup,
     archive_key,
     derived_spec,
     source_kind,
+    source_pool,
     store_kind,
 )
 from etl_assets.assets.per_table import each_table
@@ -137,7 +137,7 @@ def _archive_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefi
         partitions_def=group.partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=True,
-        pool=SOURCE_POOL,
+        pool=source_pool(config),
         description=f"Archive the selected months of {group.listed()}, one table after another.",
     )
     def _archive(

@@ -15,13 +15,21 @@ import dagster as dg
 from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.lib.windows import months_held_back
 
-SOURCE_POOL = "etl_source"
 DEFAULT_START = date(2000, 1, 1)
 SCHEMA_DRIFT_CHECK = "schema_drift"
 ARCHIVE_VERIFIED_CHECK = "archive_verified"
 REPLICA_ROW_COUNT_CHECK = "replica_row_count"
 REPLICA_SCHEMA_CHECK = "replica_schema"
 REPLICA_FRESHNESS_CHECK = "replica_freshness"
+
+
+def source_pool(config: ProjectConfig) -> str:
+    """The Dagster concurrency pool of every step that reads the source: one per source database.
+
+    The instance's `concurrency.pools.default_limit` then caps the steps reading one database at
+    once across every run and code location (a backfill queues instead of flooding RDS), while
+    another source's steps do not wait for them."""
+    return f"etl_source_{config.source.group_name}"
 
 
 def source_key(table: TableConfig) -> dg.AssetKey:

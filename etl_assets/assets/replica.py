@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from etl_assets.assets.naming import (
-    SOURCE_POOL,
     TableGroup,
     derived_spec,
     replica_key,
     source_kind,
+    source_pool,
     warehouse_kind,
 )
 from etl_assets.assets.per_table import each_table
@@ -96,7 +96,7 @@ def _replica_group(*, config: ProjectConfig, group: TableGroup) -> dg.AssetsDefi
         partitions_def=group.partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=True,
-        pool=SOURCE_POOL,
+        pool=source_pool(config),
         description=f"Load the selected partitions of {group.listed()} into the replica, one table after another.",
     )
     def _replica(

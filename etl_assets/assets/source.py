@@ -9,7 +9,7 @@ from typing import Any
 
 import dagster as dg
 
-from etl_assets.assets.naming import SCHEMA_DRIFT_CHECK, source_key, source_kind, table_tags
+from etl_assets.assets.naming import SCHEMA_DRIFT_CHECK, source_key, source_kind, source_pool, table_tags
 from etl_assets.assets.per_table import TableFailures
 from etl_assets.config import ProjectConfig, TableConfig
 from etl_assets.engine.gate import check_drift
@@ -198,7 +198,7 @@ def build_table_sizes_asset(*, config: ProjectConfig) -> dg.AssetsDefinition:
         kinds={source_kind(config)},
         owners=sorted({o for t in config.tables for o in t.owners}),
         tags={"etl_assets/source": config.source.group_name},
-        pool="etl_source",
+        pool=source_pool(config),
     )
     def source_table_sizes(context: dg.AssetExecutionContext, source: SourceDatabase) -> dg.MaterializeResult:
         """Table and index sizes from information_schema, largest first.
