@@ -4,16 +4,22 @@ Used by the crash tests: the parent reads stdout until it sees `PARKED <point>`,
 process, exactly as a crashed worker or an OOM kill would end it. The hooks live here, in test code;
 the product has none.
 
-    python -m etl_assets_tests.crash_child MYSQL_URL BUCKET POINT[@N] [backfill]
+    python -m etl_assets_tests.crash_child MYSQL_URL BUCKET POINT[@N] [backfill] [wide]
 
 `POINT@N` parks at the N-th time the point is reached (default: the point's own count). With
 `backfill`, the child archives December 2022 to February 2023 as one `ArchiveBackfill`, which purges
 each month in a helper thread while the next one is extracted: a point reached in either thread
 parks that thread while the other goes on, until the kill.
+
+With `wide`, the child uploads files of 5 MiB or more (S3's minimum part size) as multipart uploads
+of 5 MiB parts and makes one staged part of the whole month, so that a month of wide rows goes up in
+parts. `mid_upload` parks the transfer thread that has just stored such a part: the upload is
+created and holds a part, and it cannot complete before the kill.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 import uuid
@@ -31,6 +37,12 @@ TABLES = """
   - name: visits
     archive: {retention: 1 year, batch_size: 200, part_rows: 1000, chunk_rows: 500, max_threads_running: 500}
 """
+# One staged part for the month (part_rows above the rows a test seeds), wide enough to go up in parts.
+WIDE_TABLES = """
+  - name: visits
+    archive: {retention: 1 year, batch_size: 1000, part_rows: 100000, chunk_rows: 1000, max_threads_running: 500}
+"""
+WIDE_MULTIPART_BYTES = 5 * 1024 * 1024
 WINDOW = Window(datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 2, 1, tzinfo=UTC))
 BACKFILL_MONTHS = [
     ("2022-12-01", Window(datetime(2022, 12, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))),
@@ -69,6 +81,14 @@ def month_jobs(
     ]
 
 
+def open_child_store(bucket: str, *, wide: bool = False) -> S3Store:
+    """The store the child archives to; `wide` makes a file of 5 MiB or more a multipart upload."""
+    sizes = {"multipart_threshold_bytes": WIDE_MULTIPART_BYTES, "multipart_chunk_bytes": WIDE_MULTIPART_BYTES}
+    store = open_store(f"s3://{bucket}/archive", region="us-east-1", **(sizes if wide else {}))
+    assert isinstance(store, S3Store)
+    return store
+
+
 def park(point: str) -> None:
     print(f"PARKED {point}", flush=True)
     time.sleep(600)
@@ -76,10 +96,9 @@ def park(point: str) -> None:
 
 def main() -> None:
     url, bucket, point = sys.argv[1:4]
-    backfill = sys.argv[4:5] == ["backfill"]
+    backfill, wide = "backfill" in sys.argv[4:], "wide" in sys.argv[4:]
     point, _, nth = point.partition("@")
-    store = open_store(f"s3://{bucket}/archive", region="us-east-1")
-    assert isinstance(store, S3Store)
+    store = open_child_store(bucket, wide=wide)
     client = SourceClient(url)
     counts: dict[str, int] = {}
 
@@ -101,6 +120,16 @@ def main() -> None:
     after("mid_commit", store, "copy", 1)
     after("before_cleanup", store, "put_bytes", 1, lambda key, *a, **k: "/_staging/" not in key)
 
+    uploaded_parts = itertools.count(1)
+
+    def after_upload_part(**kwargs: Any) -> None:
+        # Called in the transfer's worker thread once S3 stored a part: while it is parked, the
+        # transfer cannot complete the upload, so the kill leaves it unfinished.
+        if point == "mid_upload" and next(uploaded_parts) == (int(nth) if nth else 1):
+            park(point)
+
+    store.client.meta.events.register("after-call.s3.UploadPart", after_upload_part)
+
     def log(message: str) -> None:
         print(message, flush=True)
         if point == "before_verify" and message.startswith("extracted"):
@@ -108,11 +137,13 @@ def main() -> None:
         if point == "after_verify" and message.startswith("verified"):
             park(point)
 
+    tables = WIDE_TABLES if wide else TABLES
     if backfill:
-        reports = ArchiveBackfill(jobs=month_jobs(client, store, BACKFILL_MONTHS, log=log)).run()
+        jobs = month_jobs(client, store, BACKFILL_MONTHS, log=log, tables=tables)
+        reports = ArchiveBackfill(jobs=jobs).run()
         print(f"DONE {sum(r.rows_committed for r in reports)}", flush=True)
     else:
-        report = month_jobs(client, store, [("2023-01-01", WINDOW)], log=log)[0].run()
+        report = month_jobs(client, store, [("2023-01-01", WINDOW)], log=log, tables=tables)[0].run()
         print(f"DONE {report.rows_committed}", flush=True)
 
 

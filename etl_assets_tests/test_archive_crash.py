@@ -9,7 +9,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import sqlalchemy as sa
 
@@ -17,7 +19,14 @@ from etl_assets.engine.archive import ArchiveBackfill, restore_partition
 from etl_assets.lib.layout import is_queryable
 from etl_assets.resources.source import LockBusyError, SourceClient
 from etl_assets.resources.store import ObjectStore, open_store
-from etl_assets_tests.crash_child import BACKFILL_MONTHS, WINDOW, month_jobs
+from etl_assets_tests.crash_child import (
+    BACKFILL_MONTHS,
+    TABLES,
+    WIDE_TABLES,
+    WINDOW,
+    month_jobs,
+    open_child_store,
+)
 from etl_assets_tests.reliability import current
 from etl_assets_tests.support import archived_keys, committed, seed_visits, source_keys
 
@@ -56,14 +65,16 @@ def run_child_until(point: str, url: str, bucket: str, *extra: str) -> str:
     return output
 
 
-def rerun(url: str, bucket: str, *, backfill: bool = False) -> None:
+def rerun(url: str, bucket: str, *, backfill: bool = False, wide: bool = False) -> None:
+    """Run the child's job(s) to the end in this process, with the child's (or its `wide`) settings."""
     client = SourceClient(url)
-    store = open_store(f"s3://{bucket}/archive", region="us-east-1")
+    store = open_child_store(bucket, wide=wide)
+    tables = WIDE_TABLES if wide else TABLES
     if backfill:
-        reports = ArchiveBackfill(jobs=month_jobs(client, store, BACKFILL_MONTHS)).run()
+        reports = ArchiveBackfill(jobs=month_jobs(client, store, BACKFILL_MONTHS, tables=tables)).run()
         assert [r.partition for r in reports] == [key for key, _ in BACKFILL_MONTHS]
     else:
-        month_jobs(client, store, [("2023-01-01", WINDOW)])[0].run()
+        month_jobs(client, store, [("2023-01-01", WINDOW)], tables=tables)[0].run()
     client.dispose()
 
 
@@ -166,6 +177,51 @@ def test_kill_an_overlapped_backfill_then_rerun_loses_and_duplicates_nothing(
 
     source_after, _ = check_every_row_once(original, mysql_url, store)
     assert source_after == set(), "every row of the three months should have left the source"
+
+
+@pytest.fixture
+def wide_january(mysql_url: str, s3_bucket: str) -> tuple[set[int], ObjectStore]:
+    """January 2023 seeded with 3,000 rows of ~2.7 KB of incompressible text each: its one staged part
+    (~6 MiB of Parquet) goes up in 5 MiB parts under the child's `wide` settings."""
+    seed_visits(mysql_url, months=[(2023, 1)], rows_per_month=3000)
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE visits MODIFY notes TEXT"))
+        conn.execute(
+            sa.text(
+                "UPDATE visits SET notes = CONCAT(TO_BASE64(RANDOM_BYTES(1024)), TO_BASE64(RANDOM_BYTES(1024)))"
+            )
+        )
+    engine.dispose()
+    return source_keys(mysql_url), open_store(f"s3://{s3_bucket}/archive", region="us-east-1")
+
+
+def unfinished_uploads(bucket: str, prefix: str) -> list[dict[str, Any]]:
+    """The multipart uploads under `prefix` that were neither completed nor aborted."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    return s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+
+
+def test_kill_mid_multipart_upload_then_rerun_aborts_the_unfinished_upload(
+    mysql_url: str, s3_bucket: str, wide_january: tuple[set[int], ObjectStore]
+) -> None:
+    """A run killed while a staged part goes up in parts leaves an upload that no listing shows but
+    S3 keeps (and bills) with its stored parts; the re-run aborts it and archives every row once."""
+    original, store = wide_january
+
+    run_child_until("mid_upload", mysql_url, s3_bucket, "wide")
+
+    [left] = unfinished_uploads(s3_bucket, "archive/visits/_staging/")
+    assert left["Key"].startswith("archive/visits/_staging/year=2023/month=01/"), left["Key"]
+    s3 = boto3.client("s3", region_name="us-east-1")
+    assert s3.list_parts(Bucket=s3_bucket, Key=left["Key"], UploadId=left["UploadId"]).get("Parts")
+    assert check_right_after_kill(mysql_url, store) == original, "nothing may be deleted mid extract"
+
+    rerun(mysql_url, s3_bucket, wide=True)
+
+    check_every_row_once(original, mysql_url, store)
+    assert source_keys(mysql_url) == set()
+    assert unfinished_uploads(s3_bucket, "archive/visits/") == [], "the killed run's upload was left"
 
 
 def test_two_runs_of_one_table_never_interleave(mysql_url: str, s3_bucket: str) -> None:
