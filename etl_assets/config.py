@@ -428,9 +428,11 @@ class TableArchiveConfig(_Model):
     part_mb: float = Field(
         default=512,
         gt=0,
-        le=50_000,
-        description="MiB per Parquet part: a part is closed once it reaches this size (checked after each "
-        "chunk_rows chunk is written, so a part can pass it by one chunk); bounds parts of wide rows",
+        # The commit copies a part with one CopyObject, which S3 limits to 5 GiB.
+        le=4096,
+        description="MiB per Parquet part (at most 4096): a part is closed once it reaches this size "
+        "(checked after each chunk_rows chunk is written, so a part can pass it by one chunk); bounds "
+        "parts of wide rows",
     )
 
     @field_validator("retention", mode="before")

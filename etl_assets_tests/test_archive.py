@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import boto3
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from etl_assets.engine.archive import ArchiveError, ArchiveJob, restore_partition
+from etl_assets.engine.archive import ArchiveError, ArchiveJob, _ranges_apart, restore_partition
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
@@ -458,3 +459,23 @@ def test_purge_waits_while_threads_running_is_above_the_limit(seeded: dict[str, 
     )
     assert any(m.startswith("throttling: resuming deletes after waiting") for m in log)
     assert report.rows_purged == report.rows_extracted == 2500
+
+
+@pytest.mark.parametrize(
+    ("key_type", "first", "second", "apart"),
+    [
+        (pa.int64(), (1, 9), (10, 20), True),
+        (pa.int64(), (1, 10), (10, 20), False),
+        (pa.string(), ("a", "b"), ("c", "d"), True),
+        # Bounds of these keys come back from the manifest's JSON as text, whose order is not the
+        # key's ("10" < "9"): never judged apart, so the committed part is read.
+        (pa.decimal128(20, 0), ("10", "10"), ("9", "9"), False),
+        (pa.binary(), ("b'\\x01'", "b'\\x02'"), ("b'\\x10'", "b'\\x11'"), False),
+        (pa.int64(), (1, 9), (None, None), False),
+        (pa.int64(), (1, 9), ("10", "20"), False),
+    ],
+)
+def test_only_integer_and_string_key_ranges_are_judged_apart(
+    key_type: pa.DataType, first: tuple[Any, Any], second: tuple[Any, Any], apart: bool
+) -> None:
+    assert _ranges_apart(key_type, first, second) is apart

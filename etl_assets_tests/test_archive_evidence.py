@@ -29,7 +29,7 @@ import sqlalchemy as sa
 
 from etl_assets.assets.archive import archive_verified_result
 from etl_assets.definitions import build_definitions
-from etl_assets.engine.archive import ArchiveJob, ArchiveReport, restore_partition
+from etl_assets.engine.archive import ArchiveError, ArchiveJob, ArchiveReport, restore_partition
 from etl_assets.lib.digest import pk_digest
 from etl_assets.lib.manifest import Manifest
 from etl_assets.lib.windows import Window
@@ -349,13 +349,24 @@ def test_zero_dates_in_a_not_null_column_are_nulled_and_counted(mysql_url: str, 
     report = make_job(mysql_url, store).run()
     assert report.zero_dates_nulled == 3 and report.rows_committed == 600
     assert only(committed(store)).counts["zero_dates_nulled"] == 3
-    # Restore puts the zero dates back (the column is NOT NULL; NULL is how the archive holds them).
-    client = SourceClient(mysql_url)
-    restored = restore_partition(source=client, store=store, source_table=client.reflect("visits"),
-                                 table="visits", month=JAN_2023.start, log=lambda m: None)  # fmt: skip
-    client.dispose()
-    assert restored.rows_restored == 600
+    # Restore puts the zero dates back (the column is NOT NULL; NULL is how the archive holds them),
+    # even under MySQL 8's default sql_mode, which refuses zero dates (lifted for the restore's inserts).
     engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        previous = conn.execute(sa.text("SELECT @@GLOBAL.sql_mode")).scalar_one()
+        conn.execute(sa.text("SET GLOBAL sql_mode = 'STRICT_TRANS_TABLES,NO_ZERO_IN_DATE,NO_ZERO_DATE'"))
+    try:
+        client = SourceClient(mysql_url)
+        restored = restore_partition(source=client, store=store, source_table=client.reflect("visits"),
+                                     table="visits", month=JAN_2023.start, log=lambda m: None, batch_size=200)  # fmt: skip
+        with client.engine.connect() as conn:
+            # The pooled connections went back with the server's mode, not the lifted one.
+            assert "NO_ZERO_DATE" in conn.execute(sa.text("SELECT @@SESSION.sql_mode")).scalar_one()
+        client.dispose()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("SET GLOBAL sql_mode = :m"), {"m": previous})
+    assert restored.rows_restored == 600
     with engine.connect() as conn:
         back = (
             conn.execute(
@@ -368,6 +379,34 @@ def test_zero_dates_in_a_not_null_column_are_nulled_and_counted(mysql_url: str, 
         )
     engine.dispose()
     assert back == zero
+
+
+def test_a_zero_date_in_a_primary_key_column_is_refused_before_any_delete(
+    mysql_url: str, store: ObjectStore
+) -> None:
+    """A key holding a zero date would be archived as NULL and could never be deleted by key: the
+    month is refused with the fix, nothing deleted, nothing committed."""
+    engine = sa.create_engine(mysql_url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.exec_driver_sql(
+            "CREATE TABLE visits (day DATE NOT NULL, n INT NOT NULL, updated_at DATETIME(6) NOT NULL, "
+            "PRIMARY KEY (day, n), KEY (updated_at))"
+        )
+        conn.exec_driver_sql(
+            "INSERT INTO visits VALUES ('2023-01-05', 1, '2023-01-05 10:00:00'), "
+            "('0000-00-00', 2, '2023-01-06 10:00:00')"
+        )
+    engine.dispose()
+    with pytest.raises(
+        ArchiveError, match=r"zero date \(0000-00-00\) in a primary-key column.*Nothing was deleted"
+    ):
+        make_job(mysql_url, store).run()
+    engine = sa.create_engine(mysql_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM visits")).scalar_one() == 2
+    engine.dispose()
+    assert committed(store) == []
 
 
 # -- (2) materialization metadata, progress lines and the check, through Dagster --------------------------------

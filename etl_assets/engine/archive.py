@@ -185,14 +185,22 @@ def _key_range(parts: Sequence[PartInfo]) -> tuple[Any, Any] | None:
         return None
 
 
-def _ranges_apart(first: tuple[Any, Any], second: tuple[Any, Any]) -> bool:
-    """True when two inclusive key ranges certainly share no key (unknown or incomparable: False)."""
-    if None in second or type(first[0]) is not type(second[0]) or type(first[1]) is not type(second[1]):
+def _ranges_apart(key_type: pa.DataType, first: tuple[Any, Any], second: tuple[Any, Any]) -> bool:
+    """True when two inclusive key ranges certainly share no key (unknown or incomparable: False).
+
+    Only integer and string keys: their manifest bounds come back from JSON as the same Python
+    values pyarrow's min/max gave (code point order for strings: one total order, so a key in both
+    sets lies inside both ranges). Other keys (DECIMAL, BINARY, dates) are written to JSON as text,
+    whose order is not the key's, so they are never judged apart."""
+    if pa.types.is_integer(key_type):
+        python_type: type = int
+    elif pa.types.is_string(key_type) or pa.types.is_large_string(key_type):
+        python_type = str
+    else:
         return False
-    if not isinstance(first[0], int | str):
-        return False  # other key types are read: no need to trust their Python ordering
-    # Both ranges come from pyarrow's min/max (code point order for strings): one total order, so a
-    # key in both sets lies inside both ranges.
+    values = (*first, *second)
+    if not all(isinstance(v, python_type) and not isinstance(v, bool) for v in values):
+        return False
     return bool(first[1] < second[0] or second[1] < first[0])
 
 
@@ -670,7 +678,15 @@ class ArchiveJob:
                 for batch in _split_at_part_ends(batches, self.settings.part_rows, current_part_rows):
                     if writer is None:
                         writer = pq.ParquetWriter(path, self.schema, **parquet_options(self.schema))
-                    writer.write_batch(batch)
+                    try:
+                        writer.write_batch(batch)
+                    except pa.ArrowInvalid as exc:
+                        raise ArchiveError(
+                            f"table '{self.table.name}' partition {self.partition_key}: rows cannot be written "
+                            f"as Parquet ({exc}). A NULL here is a zero date (0000-00-00) in a primary-key "
+                            "column: such rows could not be deleted by key, so the month is not archived; "
+                            "fix those values in MySQL. Nothing was deleted"
+                        ) from None
                     hashes = pk_hashes([batch.column(n) for n in self.primary_key])
                     seen_hashes.append(hashes)
                     digest = digest_of_hashes(hashes)
@@ -805,12 +821,13 @@ class ArchiveJob:
         read: a re-run that takes the rows an earlier run left in MySQL (changed, not in the replica,
         max_run_seconds) mostly reads none. Each part read is checked against its manifest."""
         manifests = [m for m in self._committed_manifests() if m.run_id != staged.run_id]
-        staged_range = _key_range(staged.parts)
+        staged_range = _key_range(staged.parts) if len(self.primary_key) == 1 else None
+        key_type = self.schema.field(self.primary_key[0]).type
         candidates = [
             part
             for manifest in manifests
             for part in manifest.parts
-            if staged_range is None or not _ranges_apart(staged_range, (part.min_pk, part.max_pk))
+            if staged_range is None or not _ranges_apart(key_type, staged_range, (part.min_pk, part.max_pk))
         ]
         if not candidates:
             return None
@@ -1422,22 +1439,23 @@ def restore_partition(
         ArchiveError: no committed archive for the partition, or a part does not match its manifest.
         LockBusyError: an archive run of the table holds its lock longer than `lock_timeout_seconds`.
     """
-    manifests = committed_manifests(store, table, month)
-    if not manifests:
-        raise ArchiveError(
-            f"no committed archive for table '{table}' partition {month:%Y-%m-%d}; nothing to restore"
-        )
-    primary_key = list(source_table.primary_key or manifests[0].primary_key)
-    check_committed_partition(
-        store, PartitionLayout(prefix="", table=table, month=month), manifests, table=table
-    )
-    packet_limit = _max_packet(source)
-    report = RestoreReport()
-    # Under the archive's table lock: an archive run of the table must not purge or commit meanwhile.
+    # Under the archive's table lock, the manifests read inside it: an archive run of the table must
+    # not purge or commit meanwhile, and one that finished while restore waited is restored too.
     with (
         source.lock(table, "archive", timeout_seconds=lock_timeout_seconds),
         tempfile.TemporaryDirectory(prefix="etl-restore-") as tmp,
     ):
+        manifests = committed_manifests(store, table, month)
+        if not manifests:
+            raise ArchiveError(
+                f"no committed archive for table '{table}' partition {month:%Y-%m-%d}; nothing to restore"
+            )
+        primary_key = list(source_table.primary_key or manifests[0].primary_key)
+        check_committed_partition(
+            store, PartitionLayout(prefix="", table=table, month=month), manifests, table=table
+        )
+        packet_limit = _max_packet(source)
+        report = RestoreReport()
         # Every part is checked before anything is inserted; the checked files wait on local disk, so
         # memory holds one part at a time, not the partition.
         checked: list[Path] = []
@@ -1473,17 +1491,19 @@ def restore_partition(
             if not c.nullable and c.data_type in ZERO_DATE_TYPES
         }
         for local in checked:
-            parquet = pq.ParquetFile(local, page_checksum_verification=True)
-            report.parts += 1
-            report.rows_in_archive += parquet.metadata.num_rows
-            columns = [n for n in parquet.schema_arrow.names if source_table.has_column(n)]
-            for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
-                rows = [_to_source_values(row, zero_dates) for row in batch.to_pylist()]
-                keys = [tuple(row[c] for c in primary_key) for row in rows]
-                present = source.existing_keys(source_table.name, primary_key, keys)
-                missing = [row for row, key in zip(rows, keys, strict=True) if key not in present]
-                report.rows_restored += source.insert_rows(source_table.name, columns, missing)
-                report.rows_already_present += len(rows) - len(missing)
+            with contextlib.closing(pq.ParquetFile(local, page_checksum_verification=True)) as parquet:
+                report.parts += 1
+                report.rows_in_archive += parquet.metadata.num_rows
+                columns = [n for n in parquet.schema_arrow.names if source_table.has_column(n)]
+                for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+                    rows = [_to_source_values(row, zero_dates) for row in batch.to_pylist()]
+                    keys = [tuple(row[c] for c in primary_key) for row in rows]
+                    present = source.existing_keys(source_table.name, primary_key, keys)
+                    missing = [row for row, key in zip(rows, keys, strict=True) if key not in present]
+                    report.rows_restored += source.insert_rows(
+                        source_table.name, columns, missing, zero_dates=bool(zero_dates)
+                    )
+                    report.rows_already_present += len(rows) - len(missing)
             log(
                 f"restored {report.rows_restored:,} rows so far ({report.rows_already_present:,} already present)"
             )

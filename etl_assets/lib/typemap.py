@@ -289,8 +289,8 @@ ZERO_DATE_TYPES = frozenset({"date", "datetime", "timestamp"})
 def arrow_schema(table: SourceTable) -> pa.Schema:
     """The archive schema of `table`: one field per column, in table order.
 
-    Each field carries the source nullability (date types always nullable: zero dates become NULL)
-    and metadata `{b"mysql_type": COLUMN_TYPE}` so a
+    Each field carries the source nullability (date types outside the primary key always nullable:
+    zero dates become NULL) and metadata `{b"mysql_type": COLUMN_TYPE}` so a
     Parquet file says what it was archived from (e.g. `tinyint(1)` vs `tinyint(4)`).
 
     Args:
@@ -311,8 +311,10 @@ def arrow_schema(table: SourceTable) -> pa.Schema:
             pa.field(
                 column.name,
                 data_type,
-                # A NOT NULL date column can still hold zero dates, which are archived as NULL.
-                nullable=column.nullable or column.data_type in ZERO_DATE_TYPES,
+                # A NOT NULL date column can still hold zero dates, which are archived as NULL; not a
+                # key column: a key with a NULL could never be deleted, so the archive refuses it.
+                nullable=column.nullable
+                or (column.data_type in ZERO_DATE_TYPES and column.name not in table.primary_key),
                 metadata={b"mysql_type": column.column_type.encode()},
             )
         )

@@ -934,13 +934,28 @@ class SourceClient:
         with self.engine.connect() as conn:
             return {tuple(row) for row in conn.execute(stmt)}
 
-    def insert_rows(self, name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows in one transaction (used by restore); returns the count inserted."""
+    def insert_rows(
+        self, name: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], *, zero_dates: bool = False
+    ) -> int:
+        """Insert rows in one transaction (used by restore); returns the count inserted.
+
+        With `zero_dates`, MySQL's NO_ZERO_DATE and NO_ZERO_IN_DATE are lifted for the transaction, so
+        zero dates the table held before they were archived go back even under MySQL 8's defaults."""
         if not rows:
             return 0
         table = self._table(name, list(columns))
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(table), list(rows))
+            previous = None
+            if zero_dates and self.dialect == "mysql":
+                previous = str(conn.execute(sa.text("SELECT @@SESSION.sql_mode")).scalar_one())
+                lifted = [m for m in previous.split(",") if m not in ("NO_ZERO_DATE", "NO_ZERO_IN_DATE")]
+                conn.execute(sa.text("SET SESSION sql_mode = :mode"), {"mode": ",".join(lifted)})
+            try:
+                conn.execute(sa.insert(table), list(rows))
+            finally:
+                if previous is not None and not conn.invalidated:
+                    # The connection goes back to the pool: it must not keep the lifted mode.
+                    conn.execute(sa.text("SET SESSION sql_mode = :mode"), {"mode": previous})
         return len(rows)
 
 

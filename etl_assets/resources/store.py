@@ -340,8 +340,8 @@ class S3Store:
                 self.download(source_key, local)
                 return self.put_file(target_key, local, lock=lock)
         try:
-            # CopyObject is one server-side request (parts stay far below its 5 GB limit) and re-applies
-            # the encryption settings to the new object.
+            # CopyObject is one server-side request (archive.part_mb is capped at 4096 MiB, below its
+            # 5 GiB limit) and re-applies the encryption settings to the new object.
             self.client.copy_object(
                 CopySource={"Bucket": self.bucket, "Key": self._full(source_key)},
                 Bucket=self.bucket,
@@ -373,18 +373,21 @@ class S3Store:
     def abort_unfinished_uploads(self, prefix: str) -> int:
         # An incomplete multipart upload is invisible to listings and queries, but S3 keeps (and
         # bills) its parts until it is aborted; a run killed mid-upload leaves one behind.
-        aborted = 0
         try:
+            # Listed whole first: aborting while paging would move the listing's markers under it.
             paginator = self.client.get_paginator("list_multipart_uploads")
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full(prefix).rstrip("/") + "/"):
-                for upload in page.get("Uploads", []):
-                    self.client.abort_multipart_upload(
-                        Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                    )
-                    aborted += 1
+            uploads = [
+                (upload["Key"], upload["UploadId"])
+                for page in paginator.paginate(
+                    Bucket=self.bucket, Prefix=self._full(prefix).rstrip("/") + "/"
+                )
+                for upload in page.get("Uploads", [])
+            ]
+            for key, upload_id in uploads:
+                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
         except Exception as exc:
             raise self._wrap("abort unfinished uploads under", prefix, exc) from exc
-        return aborted
+        return len(uploads)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._full(key)}"
