@@ -173,6 +173,7 @@ def _archive_table(
     if allocator_warning := use_trimmable_allocators():
         context.log.warning(allocator_warning)
     client = source.open()
+    guard = None
     try:
         source_table = client.reflect(table.name, primary_key=table.primary_key)
         ensure_no_drift(config=config, table=table, live=source_table, what="archive")
@@ -217,6 +218,8 @@ def _archive_table(
         raise dg.Failure(description=str(exc)) from None
     finally:
         client.dispose()
+        if guard is not None:
+            guard.client.close()  # a DuckDB replica stays locked while a client holds it open
     key = archive_key(table)
     check = dg.AssetCheckKey(key, ARCHIVE_VERIFIED_CHECK)
     return dg.MaterializeResult(
