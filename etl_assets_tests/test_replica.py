@@ -530,6 +530,30 @@ def test_composite_primary_key_is_kept_whole(rig: Rig) -> None:
     )
 
 
+def test_the_replica_guard_compares_a_timestamp_time_column_in_utc(rig: Rig) -> None:
+    """A MySQL TIMESTAMP time column lands in the replica as TIMESTAMPTZ (aware values); the archive
+    reads it as UTC. The guard must compare them as instants, to the microsecond."""
+    rig.execute(
+        "CREATE TABLE events (id INT NOT NULL PRIMARY KEY, updated_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6))"
+    )
+    stamp = at(DAY, 1.5).replace(tzinfo=UTC)
+    rig.execute(
+        "INSERT INTO events VALUES (1, CONVERT_TZ(:t, '+00:00', @@SESSION.time_zone))",
+        {"t": stamp.replace(tzinfo=None)},
+    )
+    assert rig.job(DAY, name="events").load.rows_inserted == 1
+    client = WarehouseClient(url=rig.warehouse_url, schema=rig.schema)
+    try:
+        guard = ReplicaKeys(client, "events", ["id"], "updated_at")
+        micro = timedelta(microseconds=1)
+        held = [guard.holds([(1,)], [archived]) for archived in (stamp, stamp - micro, stamp + micro)]
+    finally:
+        client.close()
+    assert held == [{(1,)}, {(1,)}, set()], (
+        "same instant and older archived copies are held; a newer one is not"
+    )
+
+
 def test_target_schema_is_quoted_exactly_and_the_table_lands_there(rig: Rig) -> None:
     schema = f"Reporting Data {uuid.uuid4().hex[:8]}"
     name = f"Orders_{uuid.uuid4().hex[:6]}"
