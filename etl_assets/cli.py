@@ -119,22 +119,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
             span = f" ({keys[0]} .. {keys[-1]})" if keys else ""
             print(f"\n{table.name}: retention {table.archive.retention}, purge {'on' if table.archive.purge else 'off'}, "
                   f"{len(keys)} eligible partition(s){span}")  # fmt: skip
-            guarded = table.replica is not None and table.archive.purge and replica_client is not None
+            # The replica that guards this table's purge, if any (None: no guard, or it cannot be read).
+            replica = replica_client if table.replica is not None and table.archive.purge else None
             replica_exists = False
-            if guarded and replica_client is not None:
+            if replica is not None:
                 try:
-                    replica_exists = replica_client.table_exists(table.asset_name)
+                    replica_exists = replica.table_exists(table.asset_name)
                 except Exception as exc:  # noqa: BLE001 - plan stays usable without the warehouse
                     # e.g. a DuckDB file held by a running load; only the type is shown (no URL).
                     print(
                         f"  the replica cannot be read ({type(exc).__name__}); to purge ignores the replica guard"
                     )
-                    guarded = False
+                    replica = None
             if not counts:
                 print("  nothing to archive")
             else:
                 header = f"  {'partition':<12} {'to archive':>12} {'to purge':>12} {'already archived':>17}"
-                print(header + (f" {'in replica':>11}" if guarded else ""))
+                print(header + (f" {'in replica':>11}" if replica is not None else ""))
                 total = purge_total = 0
                 for key, rows in counts:
                     done = 0
@@ -148,14 +149,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     total += rows
                     purge = rows if table.archive.purge else 0
                     extra = ""
-                    if guarded and replica_client is not None:
+                    if replica is not None:
                         # The purge keeps rows the replica does not hold yet: at most the rows the replica
                         # holds in the month beyond those archived already (the replica keeps those).
                         window = month_window(key)
                         held = (
-                            replica_client.count_rows(
-                                table.asset_name, table.time_column, window.start, window.end
-                            )
+                            replica.count_rows(table.asset_name, table.time_column, window.start, window.end)
                             if replica_exists
                             else 0
                         )
@@ -164,7 +163,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
                     purge_total += purge
                     print(f"  {key:<12} {rows:>12,} {purge:>12,} {done:>17,}{extra}")
                 print(f"  {'total':<12} {total:>12,} {purge_total:>12,}")
-                if guarded:
+                if replica is not None:
                     print(
                         "  to purge counts only rows the replica can hold: rows it does not hold yet (as archived) "
                         "stay in the source until a later run"

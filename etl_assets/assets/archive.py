@@ -275,20 +275,13 @@ def archive_verified_result(
         "parts_checked": parts,
         "rows_committed_by_this_run": sum(r.rows_committed for r in reports),
     }
-    if problems:
-        return dg.AssetCheckResult(
-            asset_key=key,
-            check_name=ARCHIVE_VERIFIED_CHECK,
-            passed=False,
-            metadata=checked,
-            description="; ".join(problems),
-        )
     return dg.AssetCheckResult(
         asset_key=key,
         check_name=ARCHIVE_VERIFIED_CHECK,
-        passed=True,
+        passed=not problems,
         metadata=checked,
-        description=(
+        description="; ".join(problems)
+        or (
             f"Listed again after the run: {parts:,} committed part(s) of {len(reports)} month(s), {rows:,} rows, "
             "agree with their manifests (size, SHA-256, row count, key digest; no unlisted part)."
         ),

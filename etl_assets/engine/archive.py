@@ -804,12 +804,8 @@ class ArchiveJob:
                     for part in manifest.parts:
                         table = self._read_part(part.key, [*self.primary_key, self.time_column], Path(tmp))
                         self._check_part(part, table)
-                        kept[part.key] = self._keep_repeated(manifest, table)
-                        if archived is not None:
-                            same, other = archived.split(table)
-                            self.report.rows_already_archived += len(same)
-                            self.report.rows_kept_archived_differently += len(other)
-                            kept[part.key] |= same | other
+                        already, other_version = self._split_archived(archived, table)
+                        kept[part.key] = self._keep_repeated(manifest, table) | already | other_version
         finally:
             self._discard_verified_copies()
         self._commit(manifest, kept)
@@ -860,6 +856,23 @@ class ArchiveJob:
         )
         return _ArchivedVersions(pa.concat_tables(tables), self.primary_key, self.time_column)
 
+    def _split_archived(
+        self, archived: _ArchivedVersions | None, table: pa.Table
+    ) -> tuple[set[tuple[Any, ...]], set[tuple[Any, ...]]]:
+        """Keys of `table` the committed archive holds with the same time value, and with another one
+        (`_ArchivedVersions.split`), counted in the report; neither is ever committed again."""
+        if archived is None:
+            return set(), set()
+        already, other_version = archived.split(table)
+        if other_version:
+            self.log(
+                f"{len(other_version):,} row(s) have keys the partition's archive holds with another "
+                f"{self.time_column} value; they stay in the source (restore them, or delete them by hand)"
+            )
+        self.report.rows_already_archived += len(already)
+        self.report.rows_kept_archived_differently += len(other_version)
+        return already, other_version
+
     def _purge(
         self, manifest: Manifest, archived: _ArchivedVersions | None
     ) -> dict[str, set[tuple[Any, ...]]]:
@@ -880,15 +893,8 @@ class ArchiveJob:
                 part_kept = self._keep_repeated(manifest, table)
                 # Archived already with the same time value: deleted below, never committed again.
                 # Archived with another time value: stays in the source (kept), never committed again.
-                already, other_version = archived.split(table) if archived is not None else (set(), set())
-                if other_version:
-                    self.log(
-                        f"{len(other_version):,} row(s) have keys the partition's archive holds with another "
-                        f"{self.time_column} value; they stay in the source (restore them, or delete them by hand)"
-                    )
-                    self.report.rows_kept_archived_differently += len(other_version)
-                    part_kept |= other_version
-                self.report.rows_already_archived += len(already)
+                already, other_version = self._split_archived(archived, table)
+                part_kept |= other_version
                 if part_kept:
                     table = table.filter(
                         pa.array([key not in part_kept for key in key_tuples(table, self.primary_key)])

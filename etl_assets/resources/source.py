@@ -500,9 +500,11 @@ class SourceClient:
 
         table = self._table(source.name, source.column_names)
         fast_url = self._fast_reader_url()
-        queries = None
-        if fast_url is not None:
-            queries = self._slice_queries(source, table, time_column, window, chunk_rows, stats)
+        queries = (
+            self._slice_queries(source, table, time_column, window, chunk_rows, stats)
+            if fast_url is not None
+            else None
+        )
         if fast_url is not None and queries is not None:
             # A table that held a zero date in one window likely holds more: its later windows read
             # guarded dates from the start instead of failing a slice first (arrow_reader.py).
