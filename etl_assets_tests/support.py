@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from etl_assets.config import ProjectConfig, parse_config
+from etl_assets.config import ProjectConfig, TableConfig, parse_config
 from etl_assets.lib.layout import is_queryable
 from etl_assets.lib.manifest import Manifest
 from etl_assets.lib.windows import Window
@@ -158,6 +158,31 @@ def committed(store: ObjectStore, table: str = "visits") -> list[Manifest]:
         for k in store.list(table)
         if k.endswith(".manifest.json") and "/_staging/" not in k
     ]
+
+
+def replica_ids(pg_url: str, schema: str, table: str = "visits") -> set[int]:
+    """The `id`s a PostgreSQL replica table holds."""
+    engine = sa.create_engine(pg_url)
+    with engine.connect() as conn:
+        ids = {int(r[0]) for r in conn.execute(sa.text(f'SELECT id FROM "{schema}"."{table}"'))}
+    engine.dispose()
+    return ids
+
+
+def replicate(source_url: str, warehouse_url: str, schema: str, table: TableConfig, window: Window,
+              run_id: str = "r") -> Any:  # fmt: skip
+    """Run one replica load of `table` over `window` (ReplicaJob); returns its report."""
+    from etl_assets.engine.replica import ReplicaJob
+    from etl_assets.resources.source import SourceClient
+    from etl_assets.resources.warehouse import WarehouseClient
+
+    source, warehouse = SourceClient(source_url), WarehouseClient(url=warehouse_url, schema=schema)
+    try:
+        return ReplicaJob(source=source, warehouse=warehouse, table=table, source_table=source.reflect(table.name),
+                          window=window, run_id=run_id, log=lambda _message: None).run()  # fmt: skip
+    finally:
+        warehouse.close()
+        source.dispose()
 
 
 def utc_now() -> datetime:

@@ -43,6 +43,7 @@ from etl_assets_tests.support import (
     execute_sql,
     materialization_metadata,
     month_keys,
+    replica_ids,
     seed_visits,
     source_keys,
     wrap,
@@ -430,14 +431,6 @@ def defs_for(env: dict[str, Any], archive: str, *, replica: bool = False) -> dg.
     return build_definitions(config)
 
 
-def replica_ids(env: dict[str, Any]) -> set[int]:
-    engine = sa.create_engine(env["pg"])
-    with engine.connect() as conn:
-        ids = {int(r[0]) for r in conn.execute(sa.text(f'SELECT id FROM "{env["schema"]}"."visits"'))}
-    engine.dispose()
-    return ids
-
-
 def test_materialization_metadata_progress_lines_and_check_match_the_run(
     through_dagster: dict[str, Any],
 ) -> None:
@@ -467,7 +460,7 @@ def test_materialization_metadata_progress_lines_and_check_match_the_run(
         loaded = materialize(defs, "replica/visits", instance, tags={
             "dagster/asset_partition_range_start": "2022-12-01", "dagster/asset_partition_range_end": "2023-01-15"})  # fmt: skip
         assert loaded.success, failures(loaded)
-        held = replica_ids(env) & january
+        held = replica_ids(env["pg"], env["schema"]) & january
         assert 0 < len(held) < len(january) and not set(zero) & held
         victim = max(held)  # in the last delete batches, seconds after verification
 

@@ -168,6 +168,13 @@ def rerun_healthy(seeded: dict[str, Any], healthy: ObjectStore) -> ArchiveReport
     return report
 
 
+def rerun_rolls_forward(seeded: dict[str, Any], healthy: ObjectStore, failed: ArchiveJob) -> None:
+    """A healthy re-run commits what the failed run purged from its verified staging, reading nothing."""
+    report = rerun_healthy(seeded, healthy)
+    assert report.recovered_runs == [failed.run_id], "the re-run rolls the verified run forward"
+    assert report.rows_committed == ROWS_PER_MONTH and report.rows_extracted == 0
+
+
 # -- (1) transient throttling on a staging PUT ------------------------------------------------------------
 
 
@@ -292,9 +299,7 @@ def test_persistent_503_during_commit_leaves_rows_in_staging_and_a_rerun_rolls_f
     assert sorted(staged_keys(healthy)) == sorted(seeded["january"])
     assert_accounted(seeded, healthy, staging_allowed=True)
 
-    report = rerun_healthy(seeded, healthy)
-    assert report.recovered_runs == [job.run_id], "the re-run rolls the verified run forward"
-    assert report.rows_committed == ROWS_PER_MONTH and report.rows_extracted == 0
+    rerun_rolls_forward(seeded, healthy, job)
 
 
 # -- (7) slow responses -----------------------------------------------------------------------------------
@@ -368,9 +373,7 @@ def test_persistent_503_on_head_after_the_commits_copy_leaves_rows_in_staging_an
     assert len(archived) == len(set(archived)) == 1000 and set(archived) <= seeded["january"]
     current().checked(rows=len(seeded["original"]), lost=len(seeded["original"] - remaining - set(staged)))
 
-    report = rerun_healthy(seeded, healthy)
-    assert report.recovered_runs == [job.run_id], "the re-run rolls the verified run forward"
-    assert report.rows_committed == ROWS_PER_MONTH and report.rows_extracted == 0
+    rerun_rolls_forward(seeded, healthy, job)
 
 
 def test_the_proxy_listens_on_loopback_only_and_stops(s3_endpoint: str) -> None:

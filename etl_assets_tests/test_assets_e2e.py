@@ -14,6 +14,7 @@ from etl_assets_tests.support import (
     archived_keys,
     config_for,
     materialization_metadata,
+    replica_ids,
     seed_visits,
     source_keys,
 )
@@ -56,14 +57,6 @@ def _range(start: str, end: str) -> dict[str, str]:
     return {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
 
 
-def replica_ids(env: dict[str, Any]) -> set[int]:
-    engine = sa.create_engine(env["pg"])
-    with engine.connect() as conn:
-        ids = {int(r[0]) for r in conn.execute(sa.text(f'SELECT id FROM "{env["schema"]}"."visits"'))}
-    engine.dispose()
-    return ids
-
-
 def test_replica_backfill_then_archive_keeps_rows_in_replica(env: dict[str, Any]) -> None:
     defs, url = env["defs"], env["url"]
     with dg.instance_for_test() as instance:
@@ -77,7 +70,7 @@ def test_replica_backfill_then_archive_keeps_rows_in_replica(env: dict[str, Any]
         events = backfill.get_asset_materialization_events()
         assert len(events) == 90, "one materialization per daily partition of the single run"
         all_timed = source_keys(url) - _null_time_ids(url)
-        assert replica_ids(env) == all_timed
+        assert replica_ids(env["pg"], env["schema"]) == all_timed
 
         archived = _materialize(defs, "archive/visits", instance=instance, partition_key="2023-01-01")
         assert archived.success, archived.get_step_failure_events()
@@ -91,7 +84,7 @@ def test_replica_backfill_then_archive_keeps_rows_in_replica(env: dict[str, Any]
     in_archive = set(archived_keys(store))
     assert len(in_archive) == 1500
     assert in_archive.isdisjoint(source_keys(url))
-    assert in_archive <= replica_ids(env), "archive purges never delete from the replica"
+    assert in_archive <= replica_ids(env["pg"], env["schema"]), "archive purges never delete from the replica"
 
 
 def test_archive_refuses_to_purge_rows_missing_from_the_replica(env: dict[str, Any]) -> None:

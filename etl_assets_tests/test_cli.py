@@ -24,13 +24,12 @@ import sqlglot
 from etl_assets.cli import main
 from etl_assets.config import CONFIG_ENV_VAR, load_config
 from etl_assets.engine.archive import ArchiveJob
-from etl_assets.engine.replica import ReplicaJob
 from etl_assets.lib.contract import SchemaContract, read_contract
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
 from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient
-from etl_assets_tests.support import seed_visits
+from etl_assets_tests.support import replicate, seed_visits
 
 pytestmark = pytest.mark.integration
 
@@ -215,15 +214,7 @@ def test_plan_counts_to_purge_only_rows_the_replica_holds(
     project: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = load_config(project["config"])
-    table = config.table("visits")
-    client = SourceClient(project["url"])
-    warehouse = WarehouseClient(url=config.warehouse.url, schema=project["schema"])  # type: ignore[union-attr]
-    try:
-        ReplicaJob(source=client, warehouse=warehouse, table=table, source_table=client.reflect("visits"),
-                   window=JAN_2023, run_id="r", log=lambda m: None).run()  # fmt: skip
-    finally:
-        warehouse.close()
-        client.dispose()
+    replicate(project["url"], config.warehouse.url, project["schema"], config.table("visits"), JAN_2023)  # type: ignore[union-attr]
     expected = month_counts(project["url"])
     code, out, err = cli(capsys, "--config", str(project["config"]), "plan")
     assert code == 0, err

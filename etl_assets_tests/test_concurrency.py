@@ -12,13 +12,19 @@ import pytest
 import sqlalchemy as sa
 
 from etl_assets.engine.archive import ArchiveJob
-from etl_assets.engine.replica import ReplicaJob
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import LockBusyError, SourceClient
 from etl_assets.resources.store import open_store
 from etl_assets.resources.warehouse import ReplicaKeys, WarehouseClient
 from etl_assets_tests.reliability import current
-from etl_assets_tests.support import archived_keys, config_for, seed_visits, source_keys
+from etl_assets_tests.support import (
+    archived_keys,
+    config_for,
+    replica_ids,
+    replicate,
+    seed_visits,
+    source_keys,
+)
 
 pytestmark = pytest.mark.integration
 JAN = Window(datetime(2023, 1, 1, tzinfo=UTC), datetime(2023, 2, 1, tzinfo=UTC))
@@ -38,16 +44,10 @@ def test_archive_and_replica_of_one_table_at_once(
     errors: list[BaseException] = []
 
     def replica() -> None:
-        client = SourceClient(mysql_url)
-        warehouse = WarehouseClient(url=pg_server_url, schema=pg_schema)
         try:
-            ReplicaJob(source=client, warehouse=warehouse, table=table, source_table=client.reflect("visits"),
-                       window=JAN, run_id="r", log=lambda m: None).run()  # fmt: skip
+            replicate(mysql_url, pg_server_url, pg_schema, table, JAN)
         except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
             errors.append(exc)
-        finally:
-            warehouse.close()
-            client.dispose()
 
     def archive() -> None:
         client = SourceClient(mysql_url)
@@ -73,10 +73,7 @@ def test_archive_and_replica_of_one_table_at_once(
     assert len(in_archive) == len(set(in_archive))
     assert in_source.isdisjoint(in_archive)
     assert in_source | set(in_archive) == original
-    engine = sa.create_engine(pg_server_url)
-    with engine.connect() as conn:
-        replica_keys = {int(r[0]) for r in conn.execute(sa.text(f'SELECT id FROM "{pg_schema}"."visits"'))}
-    engine.dispose()
+    replica_keys = replica_ids(pg_server_url, pg_schema)
     assert set(in_archive) <= replica_keys, "a row left the source before the replica held it"
     assert replica_keys == original, "the replica holds every row, archived or not"
 
@@ -94,13 +91,6 @@ def test_a_row_updated_after_the_replica_load_stays_until_the_replica_has_that_v
     table = config.tables[0]
     store = open_store(f"s3://{s3_bucket}/a", region="us-east-1")
 
-    def replicate() -> None:
-        client, warehouse = SourceClient(mysql_url), WarehouseClient(url=pg_server_url, schema=pg_schema)
-        ReplicaJob(source=client, warehouse=warehouse, table=table, source_table=client.reflect("visits"),
-                   window=JAN, run_id=uuid.uuid4().hex, log=lambda m: None).run()  # fmt: skip
-        warehouse.close()
-        client.dispose()
-
     def archive() -> Any:
         client, warehouse = SourceClient(mysql_url), WarehouseClient(url=pg_server_url, schema=pg_schema)
         report = ArchiveJob(source=client, store=store, table=table, source_table=client.reflect("visits"),
@@ -111,7 +101,7 @@ def test_a_row_updated_after_the_replica_load_stays_until_the_replica_has_that_v
         client.dispose()
         return report
 
-    replicate()
+    replicate(mysql_url, pg_server_url, pg_schema, table, JAN, run_id=uuid.uuid4().hex)
     engine = sa.create_engine(mysql_url)
     with engine.begin() as conn:
         updated = conn.execute(sa.text("SELECT MIN(id) FROM visits")).scalar_one()
@@ -128,7 +118,8 @@ def test_a_row_updated_after_the_replica_load_stays_until_the_replica_has_that_v
     assert first.rows_kept_not_in_replica == 1 and first.rows_purged == 599
     assert updated not in archived_keys(store)
 
-    replicate()  # the replica now holds the corrected version: the next run archives it
+    # The replica now holds the corrected version: the next run archives it.
+    replicate(mysql_url, pg_server_url, pg_schema, table, JAN, run_id=uuid.uuid4().hex)
     second = archive()
     assert second.rows_purged == 1 and source_keys(mysql_url) == set()
     in_archive = archived_keys(store)

@@ -25,13 +25,11 @@ import sqlalchemy as sa
 from etl_assets.cli import main
 from etl_assets.config import load_config
 from etl_assets.engine.archive import ArchiveJob
-from etl_assets.engine.replica import ReplicaJob
 from etl_assets.lib.windows import Window
 from etl_assets.resources.source import SourceClient
 from etl_assets.resources.store import open_store
-from etl_assets.resources.warehouse import WarehouseClient
 from etl_assets_tests.reliability import Reliability
-from etl_assets_tests.support import execute_sql
+from etl_assets_tests.support import execute_sql, replicate
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -157,13 +155,7 @@ def test_16_mb_text_and_blob_rows_round_trip_through_archive_restore_and_replica
 
     # Replica into PostgreSQL: every value identical (PostgreSQL's md5 of text hashes its UTF-8 bytes).
     table = load_config(config).table("documents")
-    source, warehouse = SourceClient(mysql_url), WarehouseClient(url=pg_server_url, schema=pg_schema)
-    try:
-        ReplicaJob(source=source, warehouse=warehouse, table=table, source_table=source.reflect("documents"),
-                   window=JAN_2023, run_id="r1", log=lambda _m: None).run()  # fmt: skip
-    finally:
-        source.dispose()
-        warehouse.close()
+    replicate(mysql_url, pg_server_url, pg_schema, table, JAN_2023, run_id="r1")
     replica = _fingerprints(
         pg_server_url,
         f'SELECT id, title, octet_length(body), md5(body), octet_length(attachment), md5(attachment) FROM "{pg_schema}".documents',
